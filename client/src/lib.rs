@@ -1,0 +1,155 @@
+//! Rust client for jobq, the vision-LLM extraction job queue.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), jobq_client::Error> {
+//! use jobq_client::{JobQueueClient, SubmitJob, sha256_hex};
+//!
+//! let client = JobQueueClient::connect("http://127.0.0.1:50051").await?;
+//! let photo = b"...the menu photo's bytes...";
+//! let user = uuid::Uuid::new_v4();
+//! let submitted = client
+//!     .submit_job(SubmitJob::new(user, "https://cdn.example/menu.jpg", sha256_hex(photo)))
+//!     .await?;
+//! let job = client.get_job(user, submitted.job.id).await?;
+//! println!("{:?} (deduplicated: {})", job.status, submitted.deduplicated);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Errors are typed ([`Error`]): the server's `google.rpc` error details are read
+//! back into variants such as [`Error::InvalidArgument`] with every bad field.
+#![warn(missing_docs)]
+
+mod error;
+mod job;
+
+use jobq_proto::pb::job_queue_service_client::JobQueueServiceClient;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+pub use error::{Error, FieldViolation};
+pub use job::{Job, JobPage, ListJobs, SubmitJob, Submitted, TokenUsage};
+/// The generated protocol types, for what the typed API does not cover.
+pub use jobq_proto::pb;
+/// A job's life-cycle state.
+pub use jobq_proto::pb::JobStatus;
+
+/// A client of `jobq.v1.JobQueueService`. Cheap to clone; clones share one
+/// connection.
+#[derive(Debug, Clone)]
+pub struct JobQueueClient {
+    inner: JobQueueServiceClient<Channel>,
+}
+
+impl JobQueueClient {
+    /// Connects to the server at `url` (e.g. `http://127.0.0.1:50051`).
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the URL is invalid or the server cannot be reached.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        let channel = Channel::from_shared(url.into())
+            .map_err(|e| Error::InvalidUrl(e.to_string()))?
+            .connect()
+            .await?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// A client over an existing channel.
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            inner: JobQueueServiceClient::new(channel),
+        }
+    }
+
+    /// The generated client, for RPCs or options the typed API does not cover.
+    pub fn raw(&self) -> JobQueueServiceClient<Channel> {
+        self.inner.clone()
+    }
+
+    /// Submits a job, or gets back the live job that already matches it.
+    ///
+    /// ```no_run
+    /// # async fn example(client: jobq_client::JobQueueClient, user: uuid::Uuid) -> Result<(), jobq_client::Error> {
+    /// let hash = jobq_client::sha256_hex(b"photo bytes");
+    /// let submitted = client
+    ///     .submit_job(jobq_client::SubmitJob::new(user, "https://cdn.example/m.jpg", hash).force(true))
+    ///     .await?;
+    /// assert!(!submitted.deduplicated);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming each bad field; [`Error::Unavailable`]
+    /// when the server or its database is down.
+    pub async fn submit_job(&self, request: SubmitJob) -> Result<Submitted, Error> {
+        let response = self.inner.clone().submit_job(pb::SubmitJobRequest::from(request)).await?;
+        Submitted::try_from(response.into_inner())
+    }
+
+    /// Reads one of `user_id`'s jobs.
+    ///
+    /// ```no_run
+    /// # async fn example(client: jobq_client::JobQueueClient, user: uuid::Uuid, job: uuid::Uuid) -> Result<(), jobq_client::Error> {
+    /// let job = client.get_job(user, job).await?;
+    /// println!("{:?}", job.status);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`] when the job does not exist or is another user's.
+    pub async fn get_job(&self, user_id: Uuid, job_id: Uuid) -> Result<Job, Error> {
+        let request = pb::GetJobRequest {
+            job_id: job_id.to_string(),
+            user_id: user_id.to_string(),
+        };
+        let response = self.inner.clone().get_job(request).await?.into_inner();
+        response.job.ok_or_else(|| Error::Decode("GetJobResponse without a job".into()))?.try_into()
+    }
+
+    /// Reads a page of a user's jobs, newest first.
+    ///
+    /// ```no_run
+    /// # async fn example(client: jobq_client::JobQueueClient, user: uuid::Uuid) -> Result<(), jobq_client::Error> {
+    /// let mut request = jobq_client::ListJobs::new(user).page_size(50);
+    /// loop {
+    ///     let page = client.list_jobs(request.clone()).await?;
+    ///     for job in &page.jobs {
+    ///         println!("{} {:?}", job.id, job.status);
+    ///     }
+    ///     match page.next_page_token {
+    ///         Some(token) => request = request.page_token(token),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a page size out of range or a page token
+    /// that belongs to another listing.
+    pub async fn list_jobs(&self, request: ListJobs) -> Result<JobPage, Error> {
+        let response = self.inner.clone().list_jobs(pb::ListJobsRequest::from(request)).await?;
+        JobPage::try_from(response.into_inner())
+    }
+}
+
+/// The lower-case hex SHA-256 of `bytes`: the `image_sha256` of a photo.
+///
+/// ```
+/// assert_eq!(
+///     jobq_client::sha256_hex(b"abc"),
+///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+/// );
+/// ```
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    use std::fmt::Write;
+    Sha256::digest(bytes.as_ref()).iter().fold(String::with_capacity(64), |mut hex, byte| {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
+}

@@ -1,0 +1,134 @@
+//! Wiring: storage, services, health, reflection, and serving until shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use jobq_proto::pb::admin_service_server::AdminServiceServer;
+use jobq_proto::pb::job_queue_service_server::JobQueueServiceServer;
+use jobq_proto::pb::worker_service_server::WorkerServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::grpc::admin::AdminApi;
+use crate::grpc::jobs::JobQueueApi;
+use crate::grpc::worker::WorkerApi;
+use crate::storage::{Storage, StorageError};
+use crate::telemetry::RpcLogLayer;
+use crate::health;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The database could not be created, reached or migrated.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The reflection service could not load the descriptor sets.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Serving failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A jobq server whose database is ready (created and migrated).
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    storage: Storage,
+}
+
+impl App {
+    /// Creates the database if it is missing, connects and applies migrations.
+    pub async fn prepare(config: Config) -> Result<Self, AppError> {
+        let storage = Storage::open(&config.database_url, config.db_max_connections).await?;
+        Ok(Self { config, storage })
+    }
+
+    /// Applies the migrations and returns (`jobq-server migrate`).
+    pub async fn migrate(database_url: &str) -> Result<(), AppError> {
+        let storage = Storage::open(database_url, 1).await?;
+        storage.close().await;
+        Ok(())
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` completes, then stops accepting,
+    /// lets in-flight calls finish for the configured grace period, and returns.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let Self { config, storage } = self;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health::set_all(&health_reporter, ServingStatus::NotServing).await;
+
+        let reflection_v1 = reflection_builder().build_v1()?;
+        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let probe = tokio::spawn(health::probe(
+            storage.clone(),
+            health_reporter.clone(),
+            config.health_interval,
+            stop_rx.clone(),
+        ));
+
+        let mut stopping = stop_rx.clone();
+        let router = Server::builder()
+            .layer(RpcLogLayer)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(JobQueueServiceServer::new(JobQueueApi::new(storage.clone())))
+            .add_service(WorkerServiceServer::new(WorkerApi))
+            .add_service(AdminServiceServer::new(AdminApi));
+        let local = listener.local_addr().ok();
+        tracing::info!(listen = ?local, "serving");
+        let serving = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        tokio::pin!(serving);
+
+        let result = tokio::select! {
+            result = &mut serving => result,
+            () = shutdown => {
+                tracing::info!(grace_ms = config.shutdown_grace.as_millis(), "shutting down");
+                // Health first, so balancers stop sending; then stop accepting.
+                health::set_all(&health_reporter, ServingStatus::NotServing).await;
+                let _ = stop_tx.send(true);
+                drain(&mut serving, config.shutdown_grace).await
+            }
+        };
+        let _ = stop_tx.send(true);
+        let _ = probe.await;
+        storage.close().await;
+        tracing::info!("stopped");
+        Ok(result?)
+    }
+
+    /// The storage this server uses.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+}
+
+async fn drain<F>(serving: &mut std::pin::Pin<&mut F>, grace: Duration) -> Result<(), tonic::transport::Error>
+where
+    F: Future<Output = Result<(), tonic::transport::Error>>,
+{
+    match tokio::time::timeout(grace, serving.as_mut()).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("grace period over with calls still open: closing them");
+            Ok(())
+        }
+    }
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(jobq_proto::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+

@@ -1,0 +1,166 @@
+//! Configuration: the command line and its environment variables (flags win),
+//! parsed and validated once at start.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sqlx::postgres::PgConnectOptions;
+
+/// The database jobq uses when none is configured. It is created if missing.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/jobq";
+
+/// `jobq-server`: runs the jobq gRPC server (the default) or applies migrations.
+#[derive(Debug, Parser)]
+#[command(name = "jobq-server", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; without one, `serve`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The settings of `serve`, accepted without the word `serve` too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (creates the database and applies migrations first).
+    Serve(ServeArgs),
+    /// Create the database if needed, apply the migrations, and exit.
+    Migrate(DatabaseArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL; the database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, value_parser = parse_database_url)]
+    pub database_url: String,
+    /// Most connections the server holds open to Postgres.
+    #[arg(long, env = "JOBQ_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+}
+
+/// The settings of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "JOBQ_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Log output: `pretty` for people, `json` for log collectors.
+    #[arg(long, env = "JOBQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// How often the health check asks the database whether it answers (e.g. 5s, 500ms).
+    #[arg(long, env = "JOBQ_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+    /// On SIGINT/SIGTERM, how long in-flight calls get to finish before the server
+    /// exits anyway.
+    #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// What the server library needs to run, independent of how it was configured.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Postgres connection URL (the database is created if it does not exist).
+    pub database_url: String,
+    /// Most connections held open to Postgres.
+    pub db_max_connections: u32,
+    /// How often health asks the database whether it answers.
+    pub health_interval: Duration,
+    /// How long in-flight calls get to finish once shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// A configuration with the defaults of `jobq-server serve` for `database_url`.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            db_max_connections: 16,
+            health_interval: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl From<&ServeArgs> for Config {
+    fn from(args: &ServeArgs) -> Self {
+        Self {
+            database_url: args.database.database_url.clone(),
+            db_max_connections: args.database.db_max_connections,
+            health_interval: args.health_interval,
+            shutdown_grace: args.shutdown_grace,
+        }
+    }
+}
+
+fn parse_database_url(url: &str) -> Result<String, String> {
+    PgConnectOptions::from_str(url)
+        .map(|_| url.to_owned())
+        .map_err(|e| format!("not a Postgres connection URL: {e}"))
+}
+
+/// Parses `250ms`, `5s`, `2m` or `1h` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit: write e.g. 500ms, 5s, 2m or 1h"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => return Err(format!("`{unit}` is not a unit: use ms, s, m or h")),
+    };
+    if duration.is_zero() {
+        return Err("must be more than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_defaults_and_bad_urls_are_refused() {
+        let cli = Cli::try_parse_from(["jobq-server", "--listen", "127.0.0.1:7000"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen, "127.0.0.1:7000".parse().unwrap());
+
+        let cli = Cli::try_parse_from(["jobq-server", "migrate", "--database-url", "postgres://u@h/db"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Migrate(ref db)) if db.database_url == "postgres://u@h/db"));
+
+        assert!(Cli::try_parse_from(["jobq-server", "--database-url", "mysql://x"]).is_err());
+        assert!(Cli::try_parse_from(["jobq-server", "--log-format", "xml"]).is_err());
+    }
+}

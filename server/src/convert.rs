@@ -1,0 +1,399 @@
+//! Proto messages to domain values and back.
+//!
+//! Requests are destructured exhaustively, so a field added to the proto cannot be
+//! ignored by accident; every bad field becomes one `BadRequest` violation, and all
+//! of them are reported together.
+
+use chrono::{DateTime, Utc};
+use jobq_proto::json;
+use jobq_proto::pb;
+use uuid::Uuid;
+
+use crate::error::{Error, FieldViolation};
+use crate::job::{Job, JobId, JobStatus, ListQuery, NewJob, UserId};
+use crate::page_token::PageToken;
+
+/// Longest accepted `image_url`, in bytes.
+pub const MAX_IMAGE_URL_LEN: usize = 2048;
+/// Longest accepted `schema_version` (the column is VARCHAR(20)).
+pub const MAX_SCHEMA_VERSION_LEN: usize = 20;
+/// Longest accepted `prompt_version` (the column is VARCHAR(50)).
+pub const MAX_PROMPT_VERSION_LEN: usize = 50;
+/// `schema_version` when the request leaves it empty.
+pub const DEFAULT_SCHEMA_VERSION: &str = "stage1";
+/// `prompt_version` when the request leaves it empty.
+pub const DEFAULT_PROMPT_VERSION: &str = "v1.0";
+/// ListJobs page size when the request leaves it 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+/// Largest ListJobs page size.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// Collects the violations of one request.
+#[derive(Debug, Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Keeps `result`'s value, or records its error against `field`.
+    fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        result
+            .map_err(|description| {
+                self.0.push(FieldViolation {
+                    field: field.to_owned(),
+                    description,
+                })
+            })
+            .ok()
+    }
+
+    /// `value` when no violation was recorded.
+    fn finish<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, Error> {
+        if !self.0.is_empty() {
+            return Err(Error::InvalidArgument(self.0));
+        }
+        value().ok_or_else(|| Error::Internal("a checked field had no value".to_owned()))
+    }
+}
+
+fn uuid(value: &str) -> Result<Uuid, String> {
+    if value.is_empty() {
+        return Err("is required (a UUID)".to_owned());
+    }
+    Uuid::try_parse(value).map_err(|_| format!("`{}` is not a UUID", truncated(value)))
+}
+
+fn sha256_hex(value: &str) -> Result<String, String> {
+    if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "must be 64 hex characters (a SHA-256 digest), got {} characters",
+            value.chars().count()
+        ));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
+fn image_url(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Err("is required".to_owned());
+    }
+    if value.len() > MAX_IMAGE_URL_LEN {
+        return Err(format!("must be at most {MAX_IMAGE_URL_LEN} bytes, got {}", value.len()));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".to_owned());
+    }
+    let scheme_ok = value.split_once("://").is_some_and(|(scheme, rest)| {
+        !rest.is_empty()
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    if !scheme_ok {
+        return Err("must be an absolute URL (scheme://...)".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// A version label: printable ASCII without spaces, at most `max` characters;
+/// empty means `default`.
+fn version_label(value: &str, max: usize, default: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(default.to_owned());
+    }
+    if value.len() > max {
+        return Err(format!("must be at most {max} characters, got {}", value.chars().count()));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// Echoes at most 40 characters of a bad value back in an error.
+fn truncated(value: &str) -> String {
+    match value.char_indices().nth(40) {
+        Some((end, _)) => format!("{}...", &value[..end]),
+        None => value.to_owned(),
+    }
+}
+
+impl TryFrom<pb::SubmitJobRequest> for NewJob {
+    type Error = Error;
+
+    fn try_from(request: pb::SubmitJobRequest) -> Result<Self, Error> {
+        let pb::SubmitJobRequest {
+            user_id,
+            image_url: url,
+            image_sha256,
+            schema_version,
+            prompt_version,
+            force,
+        } = request;
+        let mut v = Violations::default();
+        let user_id = v.check("user_id", uuid(&user_id));
+        let image_url = v.check("image_url", image_url(&url));
+        let image_sha256 = v.check("image_sha256", sha256_hex(&image_sha256));
+        let schema_version = v.check(
+            "schema_version",
+            version_label(&schema_version, MAX_SCHEMA_VERSION_LEN, DEFAULT_SCHEMA_VERSION),
+        );
+        let prompt_version = v.check(
+            "prompt_version",
+            version_label(&prompt_version, MAX_PROMPT_VERSION_LEN, DEFAULT_PROMPT_VERSION),
+        );
+        v.finish(|| {
+            Some(NewJob {
+                user_id: UserId(user_id?),
+                image_url: image_url?,
+                image_sha256: image_sha256?,
+                schema_version: schema_version?,
+                prompt_version: prompt_version?,
+                force,
+            })
+        })
+    }
+}
+
+/// A validated GetJob request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobRef {
+    /// The job.
+    pub job_id: JobId,
+    /// Its owner, as the caller claims.
+    pub user_id: UserId,
+}
+
+impl TryFrom<pb::GetJobRequest> for JobRef {
+    type Error = Error;
+
+    fn try_from(request: pb::GetJobRequest) -> Result<Self, Error> {
+        let pb::GetJobRequest { job_id, user_id } = request;
+        let mut v = Violations::default();
+        let job_id = v.check("job_id", uuid(&job_id));
+        let user_id = v.check("user_id", uuid(&user_id));
+        v.finish(|| {
+            Some(JobRef {
+                job_id: JobId(job_id?),
+                user_id: UserId(user_id?),
+            })
+        })
+    }
+}
+
+impl TryFrom<pb::ListJobsRequest> for ListQuery {
+    type Error = Error;
+
+    fn try_from(request: pb::ListJobsRequest) -> Result<Self, Error> {
+        let pb::ListJobsRequest {
+            user_id,
+            page_size,
+            page_token,
+            status,
+        } = request;
+        let mut v = Violations::default();
+        let user_id = v.check("user_id", uuid(&user_id)).map(UserId);
+        let page_size = v.check(
+            "page_size",
+            match page_size {
+                0 => Ok(DEFAULT_PAGE_SIZE),
+                1..=100 => Ok(page_size.unsigned_abs()),
+                _ => Err(format!("must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE}), got {page_size}")),
+            },
+        );
+        let status = v.check("status", status_filter(status));
+        // The token is checked against the listing it continues only when the rest
+        // of the request is valid: its errors would otherwise be noise.
+        let after = match (user_id, status, page_token.is_empty()) {
+            (_, _, true) => Some(None),
+            (Some(user_id), Some(status), false) => v
+                .check("page_token", PageToken::decode(&page_token, user_id, status))
+                .map(Some),
+            _ => None,
+        };
+        v.finish(|| {
+            Some(ListQuery {
+                user_id: user_id?,
+                status: status?,
+                after: after?,
+                page_size: page_size?,
+            })
+        })
+    }
+}
+
+fn status_filter(value: i32) -> Result<Option<JobStatus>, String> {
+    match pb::JobStatus::try_from(value) {
+        Ok(pb::JobStatus::Unspecified) => Ok(None),
+        Ok(status) => Ok(Some(status_from_pb(status))),
+        Err(_) => Err(format!("{value} is not a JobStatus")),
+    }
+}
+
+fn status_from_pb(status: pb::JobStatus) -> JobStatus {
+    match status {
+        // Only reached for a filter, where unspecified was handled before.
+        pb::JobStatus::Unspecified | pb::JobStatus::Queued => JobStatus::Queued,
+        pb::JobStatus::Processing => JobStatus::Processing,
+        pb::JobStatus::Completed => JobStatus::Completed,
+        pb::JobStatus::Failed => JobStatus::Failed,
+        pb::JobStatus::Cancelled => JobStatus::Cancelled,
+    }
+}
+
+/// The proto value of a stored status; an unknown legacy value is UNSPECIFIED.
+pub fn status_to_pb(stored: &str) -> pb::JobStatus {
+    match JobStatus::parse(stored) {
+        Some(JobStatus::Queued) => pb::JobStatus::Queued,
+        Some(JobStatus::Processing) => pb::JobStatus::Processing,
+        Some(JobStatus::Completed) => pb::JobStatus::Completed,
+        Some(JobStatus::Failed) => pb::JobStatus::Failed,
+        Some(JobStatus::Cancelled) => pb::JobStatus::Cancelled,
+        None => pb::JobStatus::Unspecified,
+    }
+}
+
+/// A `Timestamp` for an instant.
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(i32::MAX),
+    }
+}
+
+/// A stored JSON document as a `Struct`; a legacy value that is not an object is
+/// kept under the key `value`.
+fn json_struct(value: serde_json::Value) -> prost_types::Struct {
+    match value {
+        serde_json::Value::Object(object) => json::json_to_struct(object),
+        other => json::json_to_struct(serde_json::Map::from_iter([("value".to_owned(), other)])),
+    }
+}
+
+/// A stored JSON document as a `ListValue`; a value that is not an array becomes a
+/// one-item list.
+fn json_list(value: serde_json::Value) -> prost_types::ListValue {
+    match value {
+        serde_json::Value::Array(items) => json::json_to_list(items),
+        serde_json::Value::Null => json::json_to_list(Vec::new()),
+        other => json::json_to_list(vec![other]),
+    }
+}
+
+/// Reads the stored `token_usage` document: the known figures (also under the
+/// camelCase names and `cost` that the TypeScript system may have written), and
+/// everything else in `extras`.
+fn token_usage(value: serde_json::Value) -> pb::TokenUsage {
+    let serde_json::Value::Object(mut object) = value else {
+        return pb::TokenUsage {
+            extras: Some(json_struct(value)),
+            ..pb::TokenUsage::default()
+        };
+    };
+    let mut take = |names: &[&str]| names.iter().find_map(|name| object.remove(*name));
+    let input_tokens = take(&["input_tokens", "inputTokens"]);
+    let output_tokens = take(&["output_tokens", "outputTokens"]);
+    let model = take(&["model"]);
+    let cost_usd = take(&["cost_usd", "costUsd", "cost"]);
+    pb::TokenUsage {
+        input_tokens: input_tokens.and_then(|v| v.as_i64()).unwrap_or_default(),
+        output_tokens: output_tokens.and_then(|v| v.as_i64()).unwrap_or_default(),
+        model: model.and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        cost_usd: cost_usd.and_then(|v| v.as_f64()).unwrap_or_default(),
+        extras: (!object.is_empty()).then(|| json::json_to_struct(object)),
+    }
+}
+
+impl From<Job> for pb::Job {
+    fn from(job: Job) -> Self {
+        let Job {
+            id,
+            user_id,
+            image_url,
+            image_sha256,
+            status,
+            schema_version,
+            prompt_version,
+            result,
+            error_message,
+            processing_time,
+            retry_count,
+            retry_of_job_id,
+            attempt,
+            token_usage: usage,
+            confidence,
+            uncertain_items,
+            superfluous_text,
+            created_at,
+            updated_at,
+            started_at,
+            completed_at,
+            version,
+            cancel_requested,
+        } = job;
+        pb::Job {
+            id: id.0.to_string(),
+            user_id: user_id.map(|u| u.0.to_string()).unwrap_or_default(),
+            image_url,
+            image_sha256: image_sha256.unwrap_or_default(),
+            status: status_to_pb(&status).into(),
+            schema_version,
+            prompt_version,
+            result: result.map(json_struct),
+            error_message: error_message.unwrap_or_default(),
+            retry_count,
+            retry_of_job_id: retry_of_job_id.map(|j| j.0.to_string()).unwrap_or_default(),
+            attempt,
+            token_usage: usage.map(token_usage),
+            confidence,
+            uncertain_items: uncertain_items.map(json_list),
+            superfluous_text: superfluous_text.map(json_list),
+            processing_time: processing_time.map(|ms| prost_types::Duration {
+                seconds: i64::from(ms / 1000),
+                nanos: (ms % 1000) * 1_000_000,
+            }),
+            created_at: Some(timestamp(created_at)),
+            updated_at: Some(timestamp(updated_at)),
+            started_at: started_at.map(timestamp),
+            completed_at: completed_at.map(timestamp),
+            version,
+            cancel_requested,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit(user_id: &str, url: &str, sha: &str) -> pb::SubmitJobRequest {
+        pb::SubmitJobRequest {
+            user_id: user_id.into(),
+            image_url: url.into(),
+            image_sha256: sha.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn submission_is_normalised() {
+        let sha = "AB".repeat(32);
+        let new = NewJob::try_from(submit("6f1c5a8e-9f4e-4a53-9d8e-2b2c1f1e0a11", "https://cdn/x.jpg", &sha)).unwrap();
+        assert_eq!(new.image_sha256, "ab".repeat(32));
+        assert_eq!((new.schema_version.as_str(), new.prompt_version.as_str()), ("stage1", "v1.0"));
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let Err(Error::InvalidArgument(violations)) = NewJob::try_from(submit("nope", "", "xyz")) else {
+            panic!("expected InvalidArgument")
+        };
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["user_id", "image_url", "image_sha256"]);
+    }
+
+    #[test]
+    fn legacy_token_usage_names_are_read() {
+        let usage = token_usage(serde_json::json!({"inputTokens": 10, "outputTokens": 5, "cost": 0.25, "model": "m", "cached": 3}));
+        assert_eq!((usage.input_tokens, usage.output_tokens, usage.cost_usd), (10, 5, 0.25));
+        assert_eq!(usage.model, "m");
+        assert!(usage.extras.unwrap().fields.contains_key("cached"));
+    }
+}

@@ -1,0 +1,159 @@
+//! The job domain: ids, statuses, and the values that cross between the gRPC layer
+//! and storage.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// A user's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct UserId(pub Uuid);
+
+/// A job's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    /// A fresh, time-ordered id (UUIDv7), so new rows land at the end of the index.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+/// Where a job is in its life cycle, stored as the seed wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Waiting for a worker.
+    Queued,
+    /// Held by a worker under a lease.
+    Processing,
+    /// Finished with a result.
+    Completed,
+    /// Finished with an error.
+    Failed,
+    /// Cancelled by its owner.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// The value stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Processing => "processing",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Reads a `status` column value; `None` for a value jobq does not know (a
+    /// legacy row may hold one).
+    pub fn parse(stored: &str) -> Option<Self> {
+        [Self::Queued, Self::Processing, Self::Completed, Self::Failed, Self::Cancelled]
+            .into_iter()
+            .find(|status| status.as_str() == stored)
+    }
+}
+
+/// A row of `menu_extraction_jobs` as jobq reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    /// The job's id.
+    pub id: JobId,
+    /// The owner; only legacy rows can lack one.
+    pub user_id: Option<UserId>,
+    /// Where the photo is.
+    pub image_url: String,
+    /// SHA-256 of the photo, lower-case hex; only legacy rows can lack one.
+    #[sqlx(rename = "image_hash")]
+    pub image_sha256: Option<String>,
+    /// The stored status (kept as text: a legacy row may hold a value jobq does
+    /// not know, see [`JobStatus::parse`]).
+    pub status: String,
+    /// Output schema.
+    pub schema_version: String,
+    /// Prompt revision.
+    pub prompt_version: String,
+    /// The extraction result.
+    pub result: Option<serde_json::Value>,
+    /// Why the job failed.
+    pub error_message: Option<String>,
+    /// Milliseconds from claim to completion.
+    pub processing_time: Option<i32>,
+    /// Retries before this job.
+    pub retry_count: i32,
+    /// The failed job this one retries.
+    pub retry_of_job_id: Option<JobId>,
+    /// Claims so far.
+    pub attempt: i32,
+    /// Tokens and cost, as the worker reported them.
+    pub token_usage: Option<serde_json::Value>,
+    /// The model's confidence.
+    pub confidence: Option<f32>,
+    /// Items the model was unsure of.
+    pub uncertain_items: Option<serde_json::Value>,
+    /// Text that is not part of the menu.
+    pub superfluous_text: Option<serde_json::Value>,
+    /// Submission time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Last claim.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finish time.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Change counter (one sequence for all jobs).
+    pub version: i64,
+    /// Whether the owner asked to cancel it while it was processing.
+    pub cancel_requested: bool,
+}
+
+/// A validated submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    /// The submitting user.
+    pub user_id: UserId,
+    /// Where the photo is.
+    pub image_url: String,
+    /// SHA-256 of the photo, lower-case hex.
+    pub image_sha256: String,
+    /// Output schema.
+    pub schema_version: String,
+    /// Prompt revision.
+    pub prompt_version: String,
+    /// Skip deduplication.
+    pub force: bool,
+}
+
+/// What a submission produced.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The new job, or the existing matching one.
+    pub job: Job,
+    /// Whether `job` already existed.
+    pub deduplicated: bool,
+}
+
+/// A position in a user's job list, newest first: the last job of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    /// `created_at` of the last job listed.
+    pub created_at: DateTime<Utc>,
+    /// `id` of the last job listed.
+    pub id: JobId,
+}
+
+/// A validated ListJobs request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Whose jobs.
+    pub user_id: UserId,
+    /// Only this status, or every status.
+    pub status: Option<JobStatus>,
+    /// Continue after this job, or start from the newest.
+    pub after: Option<ListCursor>,
+    /// Jobs per page (1-100).
+    pub page_size: u32,
+}

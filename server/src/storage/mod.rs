@@ -1,0 +1,121 @@
+//! Every SQL statement jobq runs, the embedded migrations, and database creation.
+//!
+//! Queries are built at run time (`sqlx::query_as` with `bind`), so building jobq
+//! needs no live database; the end-to-end tests cover each statement.
+
+pub mod jobs;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+/// The migrations in `server/migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// A database error, classified once so that callers never see its text.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database could not be reached (connection refused or lost, pool exhausted).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The transaction lost a serialization or deadlock conflict; retrying may succeed.
+    #[error("serialization failure: {0}")]
+    SerializationFailure(#[source] sqlx::Error),
+    /// A unique constraint refused a row.
+    #[error("unique violation on {constraint}")]
+    UniqueViolation {
+        /// The constraint's name.
+        constraint: String,
+        /// The error itself.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying the migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Anything else: a bug in a statement, or a database in a state jobq does not know.
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // serialization_failure, deadlock_detected
+                Some("40001" | "40P01") => Self::SerializationFailure(error),
+                Some("23505") => Self::UniqueViolation {
+                    constraint: db.constraint().unwrap_or_default().to_owned(),
+                    source: error,
+                },
+                // Class 08 (connection exception), 57P01-57P03 (admin shutdown,
+                // crash shutdown, cannot connect now), 53300 (too many connections),
+                // 3D000 (database does not exist), 55000 with datallowconn false.
+                Some(code)
+                    if code.starts_with("08")
+                        || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "3D000") =>
+                {
+                    Self::Unavailable(error)
+                }
+                _ => Self::Other(error),
+            },
+            _ => Self::Other(error),
+        }
+    }
+}
+
+/// The connection pool and every query over it.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pool: PgPool,
+}
+
+impl Storage {
+    /// Creates the database if it does not exist, connects, and applies the
+    /// migrations (several servers starting at once take turns on a lock).
+    pub async fn open(database_url: &str, max_connections: u32) -> Result<Self, StorageError> {
+        create_database_if_missing(database_url).await?;
+        let options = PgConnectOptions::from_str(database_url)?.application_name("jobq-server");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Asks the database whether it answers.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection; later queries fail as unavailable.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn create_database_if_missing(database_url: &str) -> Result<(), StorageError> {
+    if Postgres::database_exists(database_url).await? {
+        return Ok(());
+    }
+    match Postgres::create_database(database_url).await {
+        Ok(()) => {
+            tracing::info!("created the database");
+            Ok(())
+        }
+        // Another server created it between the check and the CREATE.
+        Err(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("42P04" | "23505")) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
