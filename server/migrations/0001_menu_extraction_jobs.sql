@@ -138,9 +138,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS menu_extraction_jobs_live_submission
     ON menu_extraction_jobs (user_id, image_hash, schema_version, prompt_version)
     WHERE status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt;
 
--- SubmitJob's lookup of a matching job, exempt ones included.
-CREATE INDEX IF NOT EXISTS menu_extraction_jobs_user_image
-    ON menu_extraction_jobs (user_id, image_hash);
+-- SubmitJob's lookup of the newest matching job, exempt ones included: every
+-- condition is an index condition and the index order is the ORDER BY.
+CREATE INDEX IF NOT EXISTS menu_extraction_jobs_submission
+    ON menu_extraction_jobs (user_id, image_hash, schema_version, prompt_version, created_at, id);
 
 -- ListJobs (keyset on created_at, id, scanned backwards for newest first), and the
 -- per-user usage counts over a time window.

@@ -109,6 +109,9 @@ impl From<&ServeArgs> for Config {
 }
 
 fn parse_database_url(url: &str) -> Result<String, String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("must be a postgres:// or postgresql:// URL".to_owned());
+    }
     PgConnectOptions::from_str(url)
         .map(|_| url.to_owned())
         .map_err(|e| format!("not a Postgres connection URL: {e}"))

@@ -98,11 +98,11 @@ fn version_label(value: &str, max: usize, default: &str) -> Result<String, Strin
     if value.is_empty() {
         return Ok(default.to_owned());
     }
-    if value.len() > max {
-        return Err(format!("must be at most {max} characters, got {}", value.chars().count()));
-    }
     if !value.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("must be printable ASCII without spaces".to_owned());
+    }
+    if value.len() > max {
+        return Err(format!("must be at most {max} characters, got {}", value.len()));
     }
     Ok(value.to_owned())
 }

@@ -1,0 +1,165 @@
+//! The end-to-end harness: a real jobq server on 127.0.0.1:0 over its own fresh
+//! Postgres database, reached over real gRPC.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jobq_client::JobQueueClient;
+use jobq_proto::pb;
+use jobq_proto::pb::job_queue_service_client::JobQueueServiceClient;
+use jobq_server::{App, Config};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor, PgPool};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+/// The server every test database is created on; `JOBQ_TEST_DATABASE_URL` names
+/// another (any database on it: tests only use it to create and drop their own).
+pub fn admin_url() -> String {
+    std::env::var("JOBQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database of one test, named `jobq_test_<uuid>`, dropped by [`TestServer::stop`].
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A name and URL for a database that does not exist yet.
+    pub fn new() -> Self {
+        let name = format!("jobq_test_{}", Uuid::new_v4().simple());
+        let options = PgConnectOptions::from_str(&admin_url()).expect("admin URL parses").database(&name);
+        let url = options.to_url_lossy().to_string();
+        Self { name, url }
+    }
+
+    /// Creates the database (for tests that prepare it before the server starts).
+    pub async fn create(&self) {
+        admin_pool().await.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{}\"", self.name))).await.expect("create test database");
+    }
+
+    /// A direct pool to the database, for preparing and checking rows.
+    pub async fn pool(&self) -> PgPool {
+        PgPoolOptions::new().max_connections(4).connect(&self.url).await.expect("connect to test database")
+    }
+
+    /// Drops the database, closing whatever is still connected.
+    pub async fn drop_database(&self) {
+        admin_pool()
+            .await
+            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)))
+            .await
+            .expect("drop test database");
+    }
+}
+
+pub async fn admin_pool() -> PgPool {
+    PgPoolOptions::new().max_connections(1).connect(&admin_url()).await.expect("connect to the admin database")
+}
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    pub pool: PgPool,
+    channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// A server over a database it creates itself.
+    pub async fn start() -> Self {
+        Self::start_on(TestDb::new()).await
+    }
+
+    /// A server over `db` (created by the server if it does not exist yet).
+    pub async fn start_on(db: TestDb) -> Self {
+        let config = Config {
+            health_interval: Duration::from_millis(100),
+            shutdown_grace: Duration::from_secs(5),
+            ..Config::new(db.url.clone())
+        };
+        let app = App::prepare(config).await.expect("server starts");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server ran");
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("valid URL")
+            .connect()
+            .await
+            .expect("connect to the test server");
+        let pool = db.pool().await;
+        Self { addr, db, pool, channel, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The generated client, for checking raw statuses and details.
+    pub fn raw(&self) -> JobQueueServiceClient<Channel> {
+        JobQueueServiceClient::new(self.channel())
+    }
+
+    /// The generated client on a connection of its own.
+    pub async fn raw_on_new_connection(&self) -> JobQueueServiceClient<Channel> {
+        let channel = Channel::from_shared(self.url()).expect("valid URL").connect().await.expect("connect");
+        JobQueueServiceClient::new(channel)
+    }
+
+    /// The published client crate.
+    pub fn client(&self) -> JobQueueClient {
+        JobQueueClient::from_channel(self.channel())
+    }
+
+    /// Rows in the job table.
+    pub async fn job_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM menu_extraction_jobs").fetch_one(&self.pool).await.expect("count jobs")
+    }
+
+    /// Shuts the server down, waits for it, and drops its database.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task ended cleanly");
+        }
+        self.pool.close().await;
+        self.db.drop_database().await;
+    }
+}
+
+/// A distinct SHA-256 hex for test photo `n`.
+pub fn sha(n: u64) -> String {
+    jobq_client::sha256_hex(n.to_be_bytes())
+}
+
+/// A valid submission for `user`, photo `n`.
+pub fn submission(user: Uuid, n: u64) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        user_id: user.to_string(),
+        image_url: format!("https://storage.example/menus/{n}.jpg"),
+        image_sha256: sha(n),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,255 @@
+//! The database: legacy upgrade, NOTIFY triggers, and the indexes the queries use.
+
+mod common;
+
+use common::{TestDb, TestServer, sha, submission};
+use jobq_proto::pb;
+use sqlx::postgres::PgListener;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn a_legacy_ocr_jobs_table_is_upgraded_in_place_with_every_row_kept() {
+    let db = TestDb::new();
+    db.create().await;
+    let legacy = db.pool().await;
+    let user = Uuid::new_v4();
+    // The legacy shape: the seed's first columns, TIMESTAMP without time zone, no
+    // defaults for what jobq added, and duplicates the old check-then-insert let in.
+    sqlx::raw_sql(
+        "CREATE TABLE ocr_jobs (
+             id UUID PRIMARY KEY,
+             user_id UUID,
+             image_url TEXT NOT NULL,
+             image_hash VARCHAR(64),
+             status VARCHAR(20) NOT NULL,
+             result JSONB,
+             created_at TIMESTAMP DEFAULT NOW()
+         );
+         CREATE FUNCTION legacy_notify() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_notify('menu_extraction_jobs', NEW.id::text); RETURN NEW; END $$;",
+    )
+    .execute(&legacy)
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    for (n, status) in ["completed", "completed", "failed", "queued", "processing", "pending"].iter().enumerate() {
+        let id = Uuid::new_v4();
+        // Rows 0 and 1 are the same submission, both completed.
+        let hash = if n < 2 { sha(0) } else { sha(n as u64) };
+        sqlx::query(
+            "INSERT INTO ocr_jobs (id, user_id, image_url, image_hash, status, result, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, TIMESTAMP '2025-06-01 12:00:00' + $7 * INTERVAL '1 minute')",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(format!("https://legacy.example/{n}.jpg"))
+        .bind(hash)
+        .bind(status)
+        .bind((*status == "completed").then(|| serde_json::json!({"items": [{"name": "Soup", "price": 4.5}]})))
+        .bind(n as f64)
+        .execute(&legacy)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    // A row written with only the seed's five required columns.
+    let bare = Uuid::new_v4();
+    sqlx::query("INSERT INTO ocr_jobs (id, user_id, image_url, image_hash, status) VALUES ($1, $2, 'https://legacy.example/bare.jpg', NULL, 'queued')")
+        .bind(bare)
+        .bind(user)
+        .execute(&legacy)
+        .await
+        .unwrap();
+    legacy.close().await;
+
+    let server = TestServer::start_on(db).await;
+    assert_eq!(server.job_count().await, 7, "every row kept");
+    let kind: String = sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'ocr_jobs'")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(kind, "v", "ocr_jobs is now a view");
+    let through_view: i64 = sqlx::query_scalar("SELECT count(*) FROM ocr_jobs WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(through_view, 7);
+    let created: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT created_at FROM ocr_jobs WHERE id = $1")
+        .bind(ids[0])
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(created.to_rfc3339(), "2025-06-01T12:00:00+00:00", "legacy wall-clock times read as UTC");
+
+    // Legacy rows are jobs over gRPC, with the defaults jobq added.
+    let mut client = server.raw();
+    let job = client
+        .get_job(pb::GetJobRequest { job_id: ids[1].to_string(), user_id: user.to_string() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(job.status(), pb::JobStatus::Completed);
+    assert_eq!((job.schema_version.as_str(), job.prompt_version.as_str(), job.retry_count), ("stage1", "v1.0", 0));
+    assert!(job.result.unwrap().fields.contains_key("items"));
+    let unknown = client
+        .get_job(pb::GetJobRequest { job_id: ids[5].to_string(), user_id: user.to_string() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(unknown.status(), pb::JobStatus::Unspecified, "a status jobq does not know is kept, shown as unspecified");
+    let listed = client
+        .list_jobs(pb::ListJobsRequest { user_id: user.to_string(), page_size: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.jobs.len(), 7);
+
+    // Deduplication works over legacy rows: the newest of the legacy duplicates.
+    let again = client
+        .submit_job(pb::SubmitJobRequest { image_sha256: sha(0), ..submission(user, 0) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.deduplicated);
+    assert_eq!(again.job.unwrap().id, ids[1].to_string());
+
+    // Legacy writers can still insert through the view; jobq sees the job.
+    let written: Uuid = sqlx::query_scalar(
+        "INSERT INTO ocr_jobs (user_id, image_url, image_hash, status) VALUES ($1, 'https://legacy.example/new.jpg', $2, 'queued') RETURNING id",
+    )
+    .bind(user)
+    .bind(sha(77))
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    let job = client
+        .get_job(pb::GetJobRequest { job_id: written.to_string(), user_id: user.to_string() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(job.status(), pb::JobStatus::Queued);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_notification_per_statement_with_every_changed_job() {
+    let server = TestServer::start().await;
+    let mut listener = PgListener::connect(&server.db.url).await.unwrap();
+    listener.listen("menu_extraction_jobs").await.unwrap();
+    let user = Uuid::new_v4();
+
+    let job = server.raw().submit_job(submission(user, 1)).await.unwrap().into_inner().job.unwrap();
+    let inserted = listener.recv().await.unwrap();
+    let payload: serde_json::Value = serde_json::from_str(inserted.payload()).unwrap();
+    assert_eq!(
+        payload,
+        serde_json::json!({"op": "INSERT", "jobs": [[job.id, user.to_string(), "queued", job.version]]})
+    );
+
+    // 100 rows in one statement: notifications of at most 40 jobs each, all sent.
+    sqlx::query(
+        "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash)
+         SELECT $1, 'https://x/' || g, encode(sha256(g::text::bytea), 'hex') FROM generate_series(1, 100) g",
+    )
+    .bind(user)
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    let mut jobs = 0;
+    let mut notifications = 0;
+    while jobs < 100 {
+        let note = listener.recv().await.unwrap();
+        let payload: serde_json::Value = serde_json::from_str(note.payload()).unwrap();
+        assert_eq!(payload["op"], "INSERT");
+        let batch = payload["jobs"].as_array().unwrap().len();
+        assert!(batch <= 40);
+        assert!(note.payload().len() < 8000);
+        jobs += batch;
+        notifications += 1;
+    }
+    assert_eq!((jobs, notifications), (100, 3));
+
+    // An update bumps version and updated_at and notifies with the new version.
+    let before: (i64, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT version, updated_at FROM menu_extraction_jobs WHERE id = $1::uuid")
+            .bind(&job.id)
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
+    let after: (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "UPDATE menu_extraction_jobs SET status = 'failed' WHERE id = $1::uuid RETURNING version, updated_at",
+    )
+    .bind(&job.id)
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    assert!(after.0 > before.0 && after.1 >= before.1);
+    let updated = listener.recv().await.unwrap();
+    let payload: serde_json::Value = serde_json::from_str(updated.payload()).unwrap();
+    assert_eq!(payload, serde_json::json!({"op": "UPDATE", "jobs": [[job.id, user.to_string(), "failed", after.0]]}));
+    server.stop().await;
+}
+
+/// The plan Postgres picks for `sql`.
+async fn plan(pool: &sqlx::PgPool, sql: &str) -> String {
+    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    rows.join("\n")
+}
+
+#[tokio::test]
+async fn the_queries_use_their_indexes() {
+    let server = TestServer::start().await;
+    // 20,000 jobs of 200 users, each photo submitted under two prompt versions,
+    // with statistics, so that the planner chooses as it would in production.
+    sqlx::raw_sql(
+        "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash, prompt_version, status, created_at)
+         SELECT ('00000000-0000-4000-8000-' || lpad((g % 200)::text, 12, '0'))::uuid,
+                'https://x/' || g,
+                encode(sha256((g / 2)::text::bytea), 'hex'),
+                CASE WHEN g % 2 = 0 THEN 'v1.0' ELSE 'v2.0' END,
+                (ARRAY['queued', 'processing', 'completed', 'failed'])[1 + g % 4],
+                now() - g * INTERVAL '1 second'
+         FROM generate_series(1, 20000) g;
+         ANALYZE menu_extraction_jobs;",
+    )
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    let user = "'00000000-0000-4000-8000-000000000007'::uuid";
+    let keyset = plan(
+        &server.pool,
+        &format!(
+            "SELECT * FROM menu_extraction_jobs WHERE user_id = {user}
+             AND (created_at, id) < (now() - INTERVAL '1 hour', '0190a0a0-0000-7000-8000-000000000000'::uuid)
+             ORDER BY created_at DESC, id DESC LIMIT 21"
+        ),
+    )
+    .await;
+    assert!(keyset.contains("Index Scan Backward using menu_extraction_jobs_user_created"), "{keyset}");
+    assert!(keyset.contains("ROW(created_at, id) < ROW("), "the keyset is an index condition: {keyset}");
+    assert!(!keyset.contains("Sort"), "no sort: {keyset}");
+
+    let dedup = plan(
+        &server.pool,
+        &format!(
+            "SELECT * FROM menu_extraction_jobs WHERE user_id = {user}
+             AND image_hash = encode(sha256('7'::bytea), 'hex') AND schema_version = 'stage1'
+             AND prompt_version = 'v1.0' AND status IN ('queued', 'processing', 'completed')
+             ORDER BY created_at DESC, id DESC LIMIT 1"
+        ),
+    )
+    .await;
+    assert!(dedup.contains("using menu_extraction_jobs_submission"), "{dedup}");
+    assert!(!dedup.contains("Sort"), "no sort: {dedup}");
+    server.stop().await;
+}
