@@ -12,10 +12,7 @@ const PROTOS: [&str; 4] = [
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let includes = [
-        PathBuf::from("proto"),
-        protoc_bin_vendored::include_path()?,
-    ];
+    let includes = [PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
 
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

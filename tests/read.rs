@@ -23,10 +23,19 @@ async fn another_users_job_is_not_found_like_a_missing_one() {
     let server = TestServer::start().await;
     let mut client = server.raw();
     let owner = Uuid::new_v4();
-    let job = client.submit_job(submission(owner, 1)).await.unwrap().into_inner().job.unwrap();
+    let job = client
+        .submit_job(submission(owner, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
 
     let mine = client
-        .get_job(pb::GetJobRequest { job_id: job.id.clone(), user_id: owner.to_string() })
+        .get_job(pb::GetJobRequest {
+            job_id: job.id.clone(),
+            user_id: owner.to_string(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -35,25 +44,48 @@ async fn another_users_job_is_not_found_like_a_missing_one() {
     assert_eq!(mine, job);
 
     let foreign = client
-        .get_job(pb::GetJobRequest { job_id: job.id.clone(), user_id: Uuid::new_v4().to_string() })
+        .get_job(pb::GetJobRequest {
+            job_id: job.id.clone(),
+            user_id: Uuid::new_v4().to_string(),
+        })
         .await
         .unwrap_err();
     let missing = client
-        .get_job(pb::GetJobRequest { job_id: Uuid::new_v4().to_string(), user_id: owner.to_string() })
+        .get_job(pb::GetJobRequest {
+            job_id: Uuid::new_v4().to_string(),
+            user_id: owner.to_string(),
+        })
         .await
         .unwrap_err();
     for status in [&foreign, &missing] {
         assert_eq!(status.code(), Code::NotFound);
-        assert_eq!(status.get_error_details().error_info().unwrap().reason, "JOB_NOT_FOUND");
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "JOB_NOT_FOUND"
+        );
     }
-    assert_eq!(foreign.message(), missing.message(), "nothing tells the two apart");
+    assert_eq!(
+        foreign.message(),
+        missing.message(),
+        "nothing tells the two apart"
+    );
 
     // The client crate's typed error.
-    let error = server.client().get_job(Uuid::new_v4(), job.id.parse().unwrap()).await.unwrap_err();
-    assert!(matches!(error, jobq_client::Error::JobNotFound), "{error:?}");
+    let error = server
+        .client()
+        .get_job(Uuid::new_v4(), job.id.parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, jobq_client::Error::JobNotFound),
+        "{error:?}"
+    );
 
     let bad = client
-        .get_job(pb::GetJobRequest { job_id: "42".into(), user_id: "me".into() })
+        .get_job(pb::GetJobRequest {
+            job_id: "42".into(),
+            user_id: "me".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -70,7 +102,16 @@ async fn pages_of_20_20_5_newest_first_without_gaps_while_jobs_arrive() {
 
     let mut submitted = Vec::new();
     for n in 0..45 {
-        submitted.push(client.submit_job(submission(user, n)).await.unwrap().into_inner().job.unwrap().id);
+        submitted.push(
+            client
+                .submit_job(submission(user, n))
+                .await
+                .unwrap()
+                .into_inner()
+                .job
+                .unwrap()
+                .id,
+        );
         if n % 10 == 0 {
             client.submit_job(submission(neighbour, n)).await.unwrap();
         }
@@ -82,7 +123,12 @@ async fn pages_of_20_20_5_newest_first_without_gaps_while_jobs_arrive() {
     let mut extra = 1000;
     loop {
         let page = client
-            .list_jobs(pb::ListJobsRequest { user_id: user.to_string(), page_size: 20, page_token: token.clone(), ..Default::default() })
+            .list_jobs(pb::ListJobsRequest {
+                user_id: user.to_string(),
+                page_size: 20,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -103,7 +149,11 @@ async fn pages_of_20_20_5_newest_first_without_gaps_while_jobs_arrive() {
     let ids: Vec<_> = seen.iter().map(|j| j.id.clone()).collect();
     let expected: Vec<_> = submitted.iter().rev().cloned().collect();
     assert_eq!(ids, expected, "exactly the 45 jobs, newest first");
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 45, "no duplicates");
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        45,
+        "no duplicates"
+    );
     assert!(seen.iter().all(|j| j.user_id == user.to_string()));
     for pair in seen.windows(2) {
         let key = |j: &pb::Job| {
@@ -137,18 +187,38 @@ async fn status_filter_and_page_size_bounds() {
         status: status.into(),
         ..Default::default()
     };
-    let failed = client.list_jobs(list(pb::JobStatus::Failed, 0)).await.unwrap().into_inner();
+    let failed = client
+        .list_jobs(list(pb::JobStatus::Failed, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(failed.jobs.len(), 2);
-    assert!(failed.jobs.iter().all(|j| j.status() == pb::JobStatus::Failed));
+    assert!(
+        failed
+            .jobs
+            .iter()
+            .all(|j| j.status() == pb::JobStatus::Failed)
+    );
     assert!(failed.next_page_token.is_empty());
-    let all = client.list_jobs(list(pb::JobStatus::Unspecified, 0)).await.unwrap().into_inner();
+    let all = client
+        .list_jobs(list(pb::JobStatus::Unspecified, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(all.jobs.len(), 5);
 
     // A filtered listing's token does not continue an unfiltered one.
-    let first = client.list_jobs(list(pb::JobStatus::Queued, 1)).await.unwrap().into_inner();
+    let first = client
+        .list_jobs(list(pb::JobStatus::Queued, 1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first.jobs.len(), 1);
     let mismatched = client
-        .list_jobs(pb::ListJobsRequest { page_token: first.next_page_token.clone(), ..list(pb::JobStatus::Unspecified, 1) })
+        .list_jobs(pb::ListJobsRequest {
+            page_token: first.next_page_token.clone(),
+            ..list(pb::JobStatus::Unspecified, 1)
+        })
         .await
         .unwrap_err();
     assert_eq!(mismatched.code(), Code::InvalidArgument);
@@ -156,14 +226,27 @@ async fn status_filter_and_page_size_bounds() {
 
     for (page_size, status) in [(-1, 0), (101, 0), (20, 99)] {
         let error = client
-            .list_jobs(pb::ListJobsRequest { user_id: user.to_string(), page_size, status, ..Default::default() })
+            .list_jobs(pb::ListJobsRequest {
+                user_id: user.to_string(),
+                page_size,
+                status,
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument);
         let expected = if status == 99 { "status" } else { "page_size" };
-        assert_eq!(field_of(&error), [expected], "page_size {page_size}, status {status}");
+        assert_eq!(
+            field_of(&error),
+            [expected],
+            "page_size {page_size}, status {status}"
+        );
     }
-    let max = client.list_jobs(list(pb::JobStatus::Unspecified, 100)).await.unwrap().into_inner();
+    let max = client
+        .list_jobs(list(pb::JobStatus::Unspecified, 100))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(max.jobs.len(), 5);
     server.stop().await;
 }
@@ -184,10 +267,19 @@ async fn tampered_garbage_and_foreign_page_tokens_are_invalid_argument() {
         page_token: token.to_owned(),
         ..Default::default()
     };
-    let token = client.list_jobs(request(owner, "")).await.unwrap().into_inner().next_page_token;
+    let token = client
+        .list_jobs(request(owner, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .next_page_token;
     assert!(!token.is_empty());
     // The genuine token works for its owner.
-    let second = client.list_jobs(request(owner, &token)).await.unwrap().into_inner();
+    let second = client
+        .list_jobs(request(owner, &token))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(second.jobs.len(), 1);
 
     let mut tampered = token.clone().into_bytes();

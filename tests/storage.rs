@@ -32,7 +32,17 @@ async fn a_legacy_ocr_jobs_table_is_upgraded_in_place_with_every_row_kept() {
     .await
     .unwrap();
     let mut ids = Vec::new();
-    for (n, status) in ["completed", "completed", "failed", "queued", "processing", "pending"].iter().enumerate() {
+    for (n, status) in [
+        "completed",
+        "completed",
+        "failed",
+        "queued",
+        "processing",
+        "pending",
+    ]
+    .iter()
+    .enumerate()
+    {
         let id = Uuid::new_v4();
         // Rows 0 and 1 are the same submission, both completed.
         let hash = if n < 2 { sha(0) } else { sha(n as u64) };
@@ -64,10 +74,11 @@ async fn a_legacy_ocr_jobs_table_is_upgraded_in_place_with_every_row_kept() {
 
     let server = TestServer::start_on(db).await;
     assert_eq!(server.job_count().await, 7, "every row kept");
-    let kind: String = sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'ocr_jobs'")
-        .fetch_one(&server.pool)
-        .await
-        .unwrap();
+    let kind: String =
+        sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'ocr_jobs'")
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
     assert_eq!(kind, "v", "ocr_jobs is now a view");
     let through_view: i64 = sqlx::query_scalar("SELECT count(*) FROM ocr_jobs WHERE user_id = $1")
         .bind(user)
@@ -75,35 +86,61 @@ async fn a_legacy_ocr_jobs_table_is_upgraded_in_place_with_every_row_kept() {
         .await
         .unwrap();
     assert_eq!(through_view, 7);
-    let created: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT created_at FROM ocr_jobs WHERE id = $1")
-        .bind(ids[0])
-        .fetch_one(&server.pool)
-        .await
-        .unwrap();
-    assert_eq!(created.to_rfc3339(), "2025-06-01T12:00:00+00:00", "legacy wall-clock times read as UTC");
+    let created: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT created_at FROM ocr_jobs WHERE id = $1")
+            .bind(ids[0])
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        created.to_rfc3339(),
+        "2025-06-01T12:00:00+00:00",
+        "legacy wall-clock times read as UTC"
+    );
 
     // Legacy rows are jobs over gRPC, with the defaults jobq added.
     let mut client = server.raw();
     let job = client
-        .get_job(pb::GetJobRequest { job_id: ids[1].to_string(), user_id: user.to_string() })
+        .get_job(pb::GetJobRequest {
+            job_id: ids[1].to_string(),
+            user_id: user.to_string(),
+        })
         .await
         .unwrap()
         .into_inner()
         .job
         .unwrap();
     assert_eq!(job.status(), pb::JobStatus::Completed);
-    assert_eq!((job.schema_version.as_str(), job.prompt_version.as_str(), job.retry_count), ("stage1", "v1.0", 0));
+    assert_eq!(
+        (
+            job.schema_version.as_str(),
+            job.prompt_version.as_str(),
+            job.retry_count
+        ),
+        ("stage1", "v1.0", 0)
+    );
     assert!(job.result.unwrap().fields.contains_key("items"));
     let unknown = client
-        .get_job(pb::GetJobRequest { job_id: ids[5].to_string(), user_id: user.to_string() })
+        .get_job(pb::GetJobRequest {
+            job_id: ids[5].to_string(),
+            user_id: user.to_string(),
+        })
         .await
         .unwrap()
         .into_inner()
         .job
         .unwrap();
-    assert_eq!(unknown.status(), pb::JobStatus::Unspecified, "a status jobq does not know is kept, shown as unspecified");
+    assert_eq!(
+        unknown.status(),
+        pb::JobStatus::Unspecified,
+        "a status jobq does not know is kept, shown as unspecified"
+    );
     let listed = client
-        .list_jobs(pb::ListJobsRequest { user_id: user.to_string(), page_size: 100, ..Default::default() })
+        .list_jobs(pb::ListJobsRequest {
+            user_id: user.to_string(),
+            page_size: 100,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -111,7 +148,10 @@ async fn a_legacy_ocr_jobs_table_is_upgraded_in_place_with_every_row_kept() {
 
     // Deduplication works over legacy rows: the newest of the legacy duplicates.
     let again = client
-        .submit_job(pb::SubmitJobRequest { image_sha256: sha(0), ..submission(user, 0) })
+        .submit_job(pb::SubmitJobRequest {
+            image_sha256: sha(0),
+            ..submission(user, 0)
+        })
         .await
         .unwrap()
         .into_inner();
@@ -128,7 +168,10 @@ async fn a_legacy_ocr_jobs_table_is_upgraded_in_place_with_every_row_kept() {
     .await
     .unwrap();
     let job = client
-        .get_job(pb::GetJobRequest { job_id: written.to_string(), user_id: user.to_string() })
+        .get_job(pb::GetJobRequest {
+            job_id: written.to_string(),
+            user_id: user.to_string(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -145,7 +188,14 @@ async fn one_notification_per_statement_with_every_changed_job() {
     listener.listen("menu_extraction_jobs").await.unwrap();
     let user = Uuid::new_v4();
 
-    let job = server.raw().submit_job(submission(user, 1)).await.unwrap().into_inner().job.unwrap();
+    let job = server
+        .raw()
+        .submit_job(submission(user, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
     let inserted = listener.recv().await.unwrap();
     let payload: serde_json::Value = serde_json::from_str(inserted.payload()).unwrap();
     assert_eq!(
@@ -193,7 +243,10 @@ async fn one_notification_per_statement_with_every_changed_job() {
     assert!(after.0 > before.0 && after.1 >= before.1);
     let updated = listener.recv().await.unwrap();
     let payload: serde_json::Value = serde_json::from_str(updated.payload()).unwrap();
-    assert_eq!(payload, serde_json::json!({"op": "UPDATE", "jobs": [[job.id, user.to_string(), "failed", after.0]]}));
+    assert_eq!(
+        payload,
+        serde_json::json!({"op": "UPDATE", "jobs": [[job.id, user.to_string(), "failed", after.0]]})
+    );
     server.stop().await;
 }
 
@@ -235,8 +288,14 @@ async fn the_queries_use_their_indexes() {
         ),
     )
     .await;
-    assert!(keyset.contains("Index Scan Backward using menu_extraction_jobs_user_created"), "{keyset}");
-    assert!(keyset.contains("ROW(created_at, id) < ROW("), "the keyset is an index condition: {keyset}");
+    assert!(
+        keyset.contains("Index Scan Backward using menu_extraction_jobs_user_created"),
+        "{keyset}"
+    );
+    assert!(
+        keyset.contains("ROW(created_at, id) < ROW("),
+        "the keyset is an index condition: {keyset}"
+    );
     assert!(!keyset.contains("Sort"), "no sort: {keyset}");
 
     let dedup = plan(
@@ -249,7 +308,10 @@ async fn the_queries_use_their_indexes() {
         ),
     )
     .await;
-    assert!(dedup.contains("using menu_extraction_jobs_submission"), "{dedup}");
+    assert!(
+        dedup.contains("using menu_extraction_jobs_submission"),
+        "{dedup}"
+    );
     assert!(!dedup.contains("Sort"), "no sort: {dedup}");
     server.stop().await;
 }

@@ -26,7 +26,11 @@ async fn fifty_concurrent_identical_submissions_create_one_job() {
     // really run side by side instead of queueing for new database connections.
     let warm_up = clients.iter().enumerate().map(|(n, client)| {
         let mut client = client.clone();
-        async move { client.submit_job(submission(Uuid::new_v4(), n as u64)).await }
+        async move {
+            client
+                .submit_job(submission(Uuid::new_v4(), n as u64))
+                .await
+        }
     });
     for answer in join_all(warm_up).await {
         answer.expect("warm-up submission");
@@ -44,11 +48,21 @@ async fn fifty_concurrent_identical_submissions_create_one_job() {
     let answers: Vec<pb::SubmitJobResponse> = join_all(calls)
         .await
         .into_iter()
-        .map(|answer| answer.expect("task").expect("every identical submission succeeds").into_inner())
+        .map(|answer| {
+            answer
+                .expect("task")
+                .expect("every identical submission succeeds")
+                .into_inner()
+        })
         .collect();
 
     let first_id = &answers[0].job.as_ref().unwrap().id;
-    assert!(answers.iter().all(|a| &a.job.as_ref().unwrap().id == first_id), "all answers carry the same job");
+    assert!(
+        answers
+            .iter()
+            .all(|a| &a.job.as_ref().unwrap().id == first_id),
+        "all answers carry the same job"
+    );
     assert_eq!(answers.iter().filter(|a| a.deduplicated).count(), 49);
     assert_eq!(answers.iter().filter(|a| !a.deduplicated).count(), 1);
     assert_eq!(server.job_count().await, warm_rows + 1);
@@ -63,20 +77,34 @@ async fn identical_submission_returns_the_existing_job_and_records_defaults() {
     let upper = sha(1).to_uppercase();
 
     let first = client
-        .submit_job(jobq_client::SubmitJob::new(user, "https://storage.example/a.jpg", upper.clone()))
+        .submit_job(jobq_client::SubmitJob::new(
+            user,
+            "https://storage.example/a.jpg",
+            upper.clone(),
+        ))
         .await
         .unwrap();
     assert!(!first.deduplicated);
     let job = &first.job;
     assert_eq!(job.status, pb::JobStatus::Queued);
     assert_eq!(job.image_sha256, sha(1), "stored lower case");
-    assert_eq!((job.schema_version.as_str(), job.prompt_version.as_str()), ("stage1", "v1.0"));
-    assert_eq!((job.retry_count, job.attempt, job.retry_of_job_id), (0, 0, None));
+    assert_eq!(
+        (job.schema_version.as_str(), job.prompt_version.as_str()),
+        ("stage1", "v1.0")
+    );
+    assert_eq!(
+        (job.retry_count, job.attempt, job.retry_of_job_id),
+        (0, 0, None)
+    );
     assert_eq!(job.user_id, user);
 
     // Same photo in lower case, other URL: still the same submission.
     let again = client
-        .submit_job(jobq_client::SubmitJob::new(user, "https://storage.example/b.jpg", sha(1)))
+        .submit_job(jobq_client::SubmitJob::new(
+            user,
+            "https://storage.example/b.jpg",
+            sha(1),
+        ))
         .await
         .unwrap();
     assert!(again.deduplicated);
@@ -84,12 +112,19 @@ async fn identical_submission_returns_the_existing_job_and_records_defaults() {
 
     // Another prompt version, or another user, is another submission.
     let other_prompt = client
-        .submit_job(jobq_client::SubmitJob::new(user, "https://storage.example/a.jpg", sha(1)).prompt_version("v2.0"))
+        .submit_job(
+            jobq_client::SubmitJob::new(user, "https://storage.example/a.jpg", sha(1))
+                .prompt_version("v2.0"),
+        )
         .await
         .unwrap();
     assert!(!other_prompt.deduplicated);
     let other_user = client
-        .submit_job(jobq_client::SubmitJob::new(Uuid::new_v4(), "https://storage.example/a.jpg", sha(1)))
+        .submit_job(jobq_client::SubmitJob::new(
+            Uuid::new_v4(),
+            "https://storage.example/a.jpg",
+            sha(1),
+        ))
         .await
         .unwrap();
     assert!(!other_user.deduplicated);
@@ -103,19 +138,32 @@ async fn force_creates_a_new_job_even_when_a_completed_one_matches() {
     let mut client = server.raw();
     let user = Uuid::new_v4();
 
-    let original = client.submit_job(submission(user, 3)).await.unwrap().into_inner().job.unwrap();
+    let original = client
+        .submit_job(submission(user, 3))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
     sqlx::query("UPDATE menu_extraction_jobs SET status = 'completed', completed_at = now() WHERE id = $1::uuid")
         .bind(&original.id)
         .execute(&server.pool)
         .await
         .unwrap();
 
-    let deduplicated = client.submit_job(submission(user, 3)).await.unwrap().into_inner();
+    let deduplicated = client
+        .submit_job(submission(user, 3))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(deduplicated.deduplicated);
     assert_eq!(deduplicated.job.unwrap().status(), pb::JobStatus::Completed);
 
     let forced = client
-        .submit_job(pb::SubmitJobRequest { force: true, ..submission(user, 3) })
+        .submit_job(pb::SubmitJobRequest {
+            force: true,
+            ..submission(user, 3)
+        })
         .await
         .unwrap()
         .into_inner();
@@ -126,7 +174,10 @@ async fn force_creates_a_new_job_even_when_a_completed_one_matches() {
 
     // A second force makes a third job: force never deduplicates.
     let forced_again = client
-        .submit_job(pb::SubmitJobRequest { force: true, ..submission(user, 3) })
+        .submit_job(pb::SubmitJobRequest {
+            force: true,
+            ..submission(user, 3)
+        })
         .await
         .unwrap()
         .into_inner();
@@ -134,7 +185,11 @@ async fn force_creates_a_new_job_even_when_a_completed_one_matches() {
     assert_eq!(server.job_count().await, 3);
 
     // Without force, the newest live match is returned.
-    let plain = client.submit_job(submission(user, 3)).await.unwrap().into_inner();
+    let plain = client
+        .submit_job(submission(user, 3))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(plain.deduplicated);
     assert_eq!(plain.job.unwrap().id, forced_again.job.unwrap().id);
     server.stop().await;
@@ -147,7 +202,11 @@ async fn failed_and_cancelled_jobs_do_not_deduplicate() {
     let user = Uuid::new_v4();
 
     for status in ["failed", "cancelled"] {
-        let job = client.submit_job(submission(user, 9)).await.unwrap().into_inner();
+        let job = client
+            .submit_job(submission(user, 9))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!job.deduplicated);
         sqlx::query("UPDATE menu_extraction_jobs SET status = $1 WHERE id = $2::uuid")
             .bind(status)
@@ -156,7 +215,11 @@ async fn failed_and_cancelled_jobs_do_not_deduplicate() {
             .await
             .unwrap();
     }
-    let fresh = client.submit_job(submission(user, 9)).await.unwrap().into_inner();
+    let fresh = client
+        .submit_job(submission(user, 9))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!fresh.deduplicated);
     assert_eq!(server.job_count().await, 3);
     server.stop().await;
@@ -179,22 +242,134 @@ async fn bad_submissions_name_every_bad_field_and_write_nothing() {
     client.submit_job(submission(user, 100)).await.unwrap();
 
     let cases = [
-        Case { name: "empty user_id", request: pb::SubmitJobRequest { user_id: String::new(), ..good() }, fields: &["user_id"] },
-        Case { name: "user_id not a UUID", request: pb::SubmitJobRequest { user_id: "user-42".into(), ..good() }, fields: &["user_id"] },
-        Case { name: "user_id SQL", request: pb::SubmitJobRequest { user_id: "'; DROP TABLE menu_extraction_jobs; --".into(), ..good() }, fields: &["user_id"] },
-        Case { name: "empty image_url", request: pb::SubmitJobRequest { image_url: String::new(), ..good() }, fields: &["image_url"] },
-        Case { name: "over-long image_url", request: pb::SubmitJobRequest { image_url: format!("https://x/{}", "a".repeat(2048)), ..good() }, fields: &["image_url"] },
-        Case { name: "relative image_url", request: pb::SubmitJobRequest { image_url: "menus/1.jpg".into(), ..good() }, fields: &["image_url"] },
-        Case { name: "image_url with a space", request: pb::SubmitJobRequest { image_url: "https://x/a b.jpg".into(), ..good() }, fields: &["image_url"] },
-        Case { name: "empty hash", request: pb::SubmitJobRequest { image_sha256: String::new(), ..good() }, fields: &["image_sha256"] },
-        Case { name: "hash of 63 chars", request: pb::SubmitJobRequest { image_sha256: "a".repeat(63), ..good() }, fields: &["image_sha256"] },
-        Case { name: "hash of 65 chars", request: pb::SubmitJobRequest { image_sha256: "a".repeat(65), ..good() }, fields: &["image_sha256"] },
-        Case { name: "hash not hex", request: pb::SubmitJobRequest { image_sha256: "g".repeat(64), ..good() }, fields: &["image_sha256"] },
-        Case { name: "hash of 64 multibyte chars", request: pb::SubmitJobRequest { image_sha256: "é".repeat(32), ..good() }, fields: &["image_sha256"] },
-        Case { name: "schema_version over 20", request: pb::SubmitJobRequest { schema_version: "s".repeat(21), ..good() }, fields: &["schema_version"] },
-        Case { name: "schema_version non-ASCII", request: pb::SubmitJobRequest { schema_version: "étape1".into(), ..good() }, fields: &["schema_version"] },
-        Case { name: "prompt_version over 50", request: pb::SubmitJobRequest { prompt_version: "p".repeat(51), ..good() }, fields: &["prompt_version"] },
-        Case { name: "prompt_version with a space", request: pb::SubmitJobRequest { prompt_version: "v 1".into(), ..good() }, fields: &["prompt_version"] },
+        Case {
+            name: "empty user_id",
+            request: pb::SubmitJobRequest {
+                user_id: String::new(),
+                ..good()
+            },
+            fields: &["user_id"],
+        },
+        Case {
+            name: "user_id not a UUID",
+            request: pb::SubmitJobRequest {
+                user_id: "user-42".into(),
+                ..good()
+            },
+            fields: &["user_id"],
+        },
+        Case {
+            name: "user_id SQL",
+            request: pb::SubmitJobRequest {
+                user_id: "'; DROP TABLE menu_extraction_jobs; --".into(),
+                ..good()
+            },
+            fields: &["user_id"],
+        },
+        Case {
+            name: "empty image_url",
+            request: pb::SubmitJobRequest {
+                image_url: String::new(),
+                ..good()
+            },
+            fields: &["image_url"],
+        },
+        Case {
+            name: "over-long image_url",
+            request: pb::SubmitJobRequest {
+                image_url: format!("https://x/{}", "a".repeat(2048)),
+                ..good()
+            },
+            fields: &["image_url"],
+        },
+        Case {
+            name: "relative image_url",
+            request: pb::SubmitJobRequest {
+                image_url: "menus/1.jpg".into(),
+                ..good()
+            },
+            fields: &["image_url"],
+        },
+        Case {
+            name: "image_url with a space",
+            request: pb::SubmitJobRequest {
+                image_url: "https://x/a b.jpg".into(),
+                ..good()
+            },
+            fields: &["image_url"],
+        },
+        Case {
+            name: "empty hash",
+            request: pb::SubmitJobRequest {
+                image_sha256: String::new(),
+                ..good()
+            },
+            fields: &["image_sha256"],
+        },
+        Case {
+            name: "hash of 63 chars",
+            request: pb::SubmitJobRequest {
+                image_sha256: "a".repeat(63),
+                ..good()
+            },
+            fields: &["image_sha256"],
+        },
+        Case {
+            name: "hash of 65 chars",
+            request: pb::SubmitJobRequest {
+                image_sha256: "a".repeat(65),
+                ..good()
+            },
+            fields: &["image_sha256"],
+        },
+        Case {
+            name: "hash not hex",
+            request: pb::SubmitJobRequest {
+                image_sha256: "g".repeat(64),
+                ..good()
+            },
+            fields: &["image_sha256"],
+        },
+        Case {
+            name: "hash of 64 multibyte chars",
+            request: pb::SubmitJobRequest {
+                image_sha256: "é".repeat(32),
+                ..good()
+            },
+            fields: &["image_sha256"],
+        },
+        Case {
+            name: "schema_version over 20",
+            request: pb::SubmitJobRequest {
+                schema_version: "s".repeat(21),
+                ..good()
+            },
+            fields: &["schema_version"],
+        },
+        Case {
+            name: "schema_version non-ASCII",
+            request: pb::SubmitJobRequest {
+                schema_version: "étape1".into(),
+                ..good()
+            },
+            fields: &["schema_version"],
+        },
+        Case {
+            name: "prompt_version over 50",
+            request: pb::SubmitJobRequest {
+                prompt_version: "p".repeat(51),
+                ..good()
+            },
+            fields: &["prompt_version"],
+        },
+        Case {
+            name: "prompt_version with a space",
+            request: pb::SubmitJobRequest {
+                prompt_version: "v 1".into(),
+                ..good()
+            },
+            fields: &["prompt_version"],
+        },
         Case {
             name: "everything wrong",
             request: pb::SubmitJobRequest {
@@ -205,7 +380,13 @@ async fn bad_submissions_name_every_bad_field_and_write_nothing() {
                 prompt_version: "p".repeat(51),
                 force: true,
             },
-            fields: &["user_id", "image_url", "image_sha256", "schema_version", "prompt_version"],
+            fields: &[
+                "user_id",
+                "image_url",
+                "image_sha256",
+                "schema_version",
+                "prompt_version",
+            ],
         },
     ];
     assert!(cases.len() >= 12);
@@ -213,7 +394,12 @@ async fn bad_submissions_name_every_bad_field_and_write_nothing() {
     for case in cases {
         let before = server.job_count().await;
         let status = client.submit_job(case.request).await.expect_err(case.name);
-        assert_eq!(status.code(), Code::InvalidArgument, "{}: {status:?}", case.name);
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{}: {status:?}",
+            case.name
+        );
         let details = status.get_error_details();
         let named: Vec<_> = details
             .bad_request()
@@ -223,12 +409,29 @@ async fn bad_submissions_name_every_bad_field_and_write_nothing() {
             .map(|v| v.field.as_str())
             .collect();
         assert_eq!(named, case.fields, "{}", case.name);
-        let info = details.error_info().unwrap_or_else(|| panic!("{}: no ErrorInfo", case.name));
-        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("INVALID_ARGUMENT", "jobq"), "{}", case.name);
+        let info = details
+            .error_info()
+            .unwrap_or_else(|| panic!("{}: no ErrorInfo", case.name));
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("INVALID_ARGUMENT", "jobq"),
+            "{}",
+            case.name
+        );
         for field in case.fields {
-            assert!(status.message().contains(field), "{}: message names {field}: {}", case.name, status.message());
+            assert!(
+                status.message().contains(field),
+                "{}: message names {field}: {}",
+                case.name,
+                status.message()
+            );
         }
-        assert_eq!(server.job_count().await, before, "{}: nothing written", case.name);
+        assert_eq!(
+            server.job_count().await,
+            before,
+            "{}: nothing written",
+            case.name
+        );
     }
     assert_eq!(server.job_count().await, 1);
     server.stop().await;
@@ -239,7 +442,11 @@ async fn the_client_crate_reads_violations_back() {
     let server = TestServer::start().await;
     let error = server
         .client()
-        .submit_job(jobq_client::SubmitJob::new(Uuid::new_v4(), "https://x/y.jpg", "abc"))
+        .submit_job(jobq_client::SubmitJob::new(
+            Uuid::new_v4(),
+            "https://x/y.jpg",
+            "abc",
+        ))
         .await
         .expect_err("a short hash is refused");
     let jobq_client::Error::InvalidArgument { violations, .. } = error else {

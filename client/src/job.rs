@@ -142,7 +142,13 @@ impl TryFrom<pb::Job> for Job {
             retry_of_job_id: optional_uuid("retry_of_job_id", &retry_of_job_id)?,
             attempt: u32::try_from(attempt).unwrap_or_default(),
             token_usage: token_usage.map(|usage| {
-                let pb::TokenUsage { input_tokens, output_tokens, model, cost_usd, extras } = usage;
+                let pb::TokenUsage {
+                    input_tokens,
+                    output_tokens,
+                    model,
+                    cost_usd,
+                    extras,
+                } = usage;
                 TokenUsage {
                     input_tokens,
                     output_tokens,
@@ -158,7 +164,10 @@ impl TryFrom<pb::Job> for Job {
             uncertain_items: list(uncertain_items),
             superfluous_text: list(superfluous_text),
             processing_time: processing_time
-                .map(|d| Duration::try_from(d).map_err(|e| Error::Decode(format!("processing_time: {e}"))))
+                .map(|d| {
+                    Duration::try_from(d)
+                        .map_err(|e| Error::Decode(format!("processing_time: {e}")))
+                })
                 .transpose()?,
             created_at: required_time("created_at", created_at)?,
             updated_at: required_time("updated_at", updated_at)?,
@@ -185,7 +194,11 @@ pub struct SubmitJob {
 impl SubmitJob {
     /// A submission of the photo at `image_url` whose SHA-256 is `image_sha256`
     /// (see [`crate::sha256_hex`]).
-    pub fn new(user_id: Uuid, image_url: impl Into<String>, image_sha256: impl Into<String>) -> Self {
+    pub fn new(
+        user_id: Uuid,
+        image_url: impl Into<String>,
+        image_sha256: impl Into<String>,
+    ) -> Self {
         Self {
             user_id,
             image_url: image_url.into(),
@@ -217,7 +230,14 @@ impl SubmitJob {
 
 impl From<SubmitJob> for pb::SubmitJobRequest {
     fn from(request: SubmitJob) -> Self {
-        let SubmitJob { user_id, image_url, image_sha256, schema_version, prompt_version, force } = request;
+        let SubmitJob {
+            user_id,
+            image_url,
+            image_sha256,
+            schema_version,
+            prompt_version,
+            force,
+        } = request;
         Self {
             user_id: user_id.to_string(),
             image_url,
@@ -244,7 +264,9 @@ impl TryFrom<pb::SubmitJobResponse> for Submitted {
     fn try_from(response: pb::SubmitJobResponse) -> Result<Self, Error> {
         let pb::SubmitJobResponse { job, deduplicated } = response;
         Ok(Self {
-            job: job.ok_or_else(|| Error::Decode("SubmitJobResponse without a job".into()))?.try_into()?,
+            job: job
+                .ok_or_else(|| Error::Decode("SubmitJobResponse without a job".into()))?
+                .try_into()?,
             deduplicated,
         })
     }
@@ -262,7 +284,12 @@ pub struct ListJobs {
 impl ListJobs {
     /// The first page (20 jobs) of `user_id`'s jobs in every status.
     pub fn new(user_id: Uuid) -> Self {
-        Self { user_id, page_size: None, page_token: None, status: None }
+        Self {
+            user_id,
+            page_size: None,
+            page_token: None,
+            status: None,
+        }
     }
 
     /// Jobs per page, 1 to 100.
@@ -286,7 +313,12 @@ impl ListJobs {
 
 impl From<ListJobs> for pb::ListJobsRequest {
     fn from(request: ListJobs) -> Self {
-        let ListJobs { user_id, page_size, page_token, status } = request;
+        let ListJobs {
+            user_id,
+            page_size,
+            page_token,
+            status,
+        } = request;
         Self {
             user_id: user_id.to_string(),
             // A size beyond i32 is out of range either way; the server says so.
@@ -310,9 +342,15 @@ impl TryFrom<pb::ListJobsResponse> for JobPage {
     type Error = Error;
 
     fn try_from(response: pb::ListJobsResponse) -> Result<Self, Error> {
-        let pb::ListJobsResponse { jobs, next_page_token } = response;
+        let pb::ListJobsResponse {
+            jobs,
+            next_page_token,
+        } = response;
         Ok(Self {
-            jobs: jobs.into_iter().map(Job::try_from).collect::<Result<_, _>>()?,
+            jobs: jobs
+                .into_iter()
+                .map(Job::try_from)
+                .collect::<Result<_, _>>()?,
             next_page_token: (!next_page_token.is_empty()).then_some(next_page_token),
         })
     }

@@ -84,7 +84,11 @@ impl JobQueueClient {
     /// [`Error::InvalidArgument`] naming each bad field; [`Error::Unavailable`]
     /// when the server or its database is down.
     pub async fn submit_job(&self, request: SubmitJob) -> Result<Submitted, Error> {
-        let response = self.inner.clone().submit_job(pb::SubmitJobRequest::from(request)).await?;
+        let response = self
+            .inner
+            .clone()
+            .submit_job(pb::SubmitJobRequest::from(request))
+            .await?;
         Submitted::try_from(response.into_inner())
     }
 
@@ -106,7 +110,10 @@ impl JobQueueClient {
             user_id: user_id.to_string(),
         };
         let response = self.inner.clone().get_job(request).await?.into_inner();
-        response.job.ok_or_else(|| Error::Decode("GetJobResponse without a job".into()))?.try_into()
+        response
+            .job
+            .ok_or_else(|| Error::Decode("GetJobResponse without a job".into()))?
+            .try_into()
     }
 
     /// Reads a page of a user's jobs, newest first.
@@ -132,7 +139,11 @@ impl JobQueueClient {
     /// [`Error::InvalidArgument`] for a page size out of range or a page token
     /// that belongs to another listing.
     pub async fn list_jobs(&self, request: ListJobs) -> Result<JobPage, Error> {
-        let response = self.inner.clone().list_jobs(pb::ListJobsRequest::from(request)).await?;
+        let response = self
+            .inner
+            .clone()
+            .list_jobs(pb::ListJobsRequest::from(request))
+            .await?;
         JobPage::try_from(response.into_inner())
     }
 }
@@ -147,9 +158,11 @@ impl JobQueueClient {
 /// ```
 pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
     use std::fmt::Write;
-    Sha256::digest(bytes.as_ref()).iter().fold(String::with_capacity(64), |mut hex, byte| {
-        // Writing to a String cannot fail.
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    })
+    Sha256::digest(bytes.as_ref())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            // Writing to a String cannot fail.
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }

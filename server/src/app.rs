@@ -16,9 +16,9 @@ use crate::config::Config;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::jobs::JobQueueApi;
 use crate::grpc::worker::WorkerApi;
+use crate::health;
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::RpcLogLayer;
-use crate::health;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,11 @@ impl App {
 
     /// Serves gRPC on `listener` until `shutdown` completes, then stops accepting,
     /// lets in-flight calls finish for the configured grace period, and returns.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), AppError> {
         let Self { config, storage } = self;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health::set_all(&health_reporter, ServingStatus::NotServing).await;
@@ -79,14 +83,17 @@ impl App {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(JobQueueServiceServer::new(JobQueueApi::new(storage.clone())))
+            .add_service(JobQueueServiceServer::new(JobQueueApi::new(
+                storage.clone(),
+            )))
             .add_service(WorkerServiceServer::new(WorkerApi))
             .add_service(AdminServiceServer::new(AdminApi));
         let local = listener.local_addr().ok();
         tracing::info!(listen = ?local, "serving");
-        let serving = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        });
+        let serving =
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            });
         tokio::pin!(serving);
 
         let result = tokio::select! {
@@ -112,7 +119,10 @@ impl App {
     }
 }
 
-async fn drain<F>(serving: &mut std::pin::Pin<&mut F>, grace: Duration) -> Result<(), tonic::transport::Error>
+async fn drain<F>(
+    serving: &mut std::pin::Pin<&mut F>,
+    grace: Duration,
+) -> Result<(), tonic::transport::Error>
 where
     F: Future<Output = Result<(), tonic::transport::Error>>,
 {
@@ -131,4 +141,3 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
-

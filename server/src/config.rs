@@ -13,7 +13,12 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/jobq"
 
 /// `jobq-server`: runs the jobq gRPC server (the default) or applies migrations.
 #[derive(Debug, Parser)]
-#[command(name = "jobq-server", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "jobq-server",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// What to do; without one, `serve`.
     #[command(subcommand)]
@@ -160,8 +165,16 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.serve.listen, "127.0.0.1:7000".parse().unwrap());
 
-        let cli = Cli::try_parse_from(["jobq-server", "migrate", "--database-url", "postgres://u@h/db"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Migrate(ref db)) if db.database_url == "postgres://u@h/db"));
+        let cli = Cli::try_parse_from([
+            "jobq-server",
+            "migrate",
+            "--database-url",
+            "postgres://u@h/db",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Migrate(ref db)) if db.database_url == "postgres://u@h/db")
+        );
 
         assert!(Cli::try_parse_from(["jobq-server", "--database-url", "mysql://x"]).is_err());
         assert!(Cli::try_parse_from(["jobq-server", "--log-format", "xml"]).is_err());

@@ -76,7 +76,10 @@ fn image_url(value: &str) -> Result<String, String> {
         return Err("is required".to_owned());
     }
     if value.len() > MAX_IMAGE_URL_LEN {
-        return Err(format!("must be at most {MAX_IMAGE_URL_LEN} bytes, got {}", value.len()));
+        return Err(format!(
+            "must be at most {MAX_IMAGE_URL_LEN} bytes, got {}",
+            value.len()
+        ));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces or control characters".to_owned());
@@ -84,7 +87,9 @@ fn image_url(value: &str) -> Result<String, String> {
     let scheme_ok = value.split_once("://").is_some_and(|(scheme, rest)| {
         !rest.is_empty()
             && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
     });
     if !scheme_ok {
         return Err("must be an absolute URL (scheme://...)".to_owned());
@@ -102,7 +107,10 @@ fn version_label(value: &str, max: usize, default: &str) -> Result<String, Strin
         return Err("must be printable ASCII without spaces".to_owned());
     }
     if value.len() > max {
-        return Err(format!("must be at most {max} characters, got {}", value.len()));
+        return Err(format!(
+            "must be at most {max} characters, got {}",
+            value.len()
+        ));
     }
     Ok(value.to_owned())
 }
@@ -133,11 +141,19 @@ impl TryFrom<pb::SubmitJobRequest> for NewJob {
         let image_sha256 = v.check("image_sha256", sha256_hex(&image_sha256));
         let schema_version = v.check(
             "schema_version",
-            version_label(&schema_version, MAX_SCHEMA_VERSION_LEN, DEFAULT_SCHEMA_VERSION),
+            version_label(
+                &schema_version,
+                MAX_SCHEMA_VERSION_LEN,
+                DEFAULT_SCHEMA_VERSION,
+            ),
         );
         let prompt_version = v.check(
             "prompt_version",
-            version_label(&prompt_version, MAX_PROMPT_VERSION_LEN, DEFAULT_PROMPT_VERSION),
+            version_label(
+                &prompt_version,
+                MAX_PROMPT_VERSION_LEN,
+                DEFAULT_PROMPT_VERSION,
+            ),
         );
         v.finish(|| {
             Some(NewJob {
@@ -204,7 +220,10 @@ impl TryFrom<pb::ListJobsRequest> for ListQuery {
         let after = match (user_id, status, page_token.is_empty()) {
             (_, _, true) => Some(None),
             (Some(user_id), Some(status), false) => v
-                .check("page_token", PageToken::decode(&page_token, user_id, status))
+                .check(
+                    "page_token",
+                    PageToken::decode(&page_token, user_id, status),
+                )
                 .map(Some),
             _ => None,
         };
@@ -295,7 +314,9 @@ fn token_usage(value: serde_json::Value) -> pb::TokenUsage {
     pb::TokenUsage {
         input_tokens: input_tokens.and_then(|v| v.as_i64()).unwrap_or_default(),
         output_tokens: output_tokens.and_then(|v| v.as_i64()).unwrap_or_default(),
-        model: model.and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        model: model
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
         cost_usd: cost_usd.and_then(|v| v.as_f64()).unwrap_or_default(),
         extras: (!object.is_empty()).then(|| json::json_to_struct(object)),
     }
@@ -375,14 +396,23 @@ mod tests {
     #[test]
     fn submission_is_normalised() {
         let sha = "AB".repeat(32);
-        let new = NewJob::try_from(submit("6f1c5a8e-9f4e-4a53-9d8e-2b2c1f1e0a11", "https://cdn/x.jpg", &sha)).unwrap();
+        let new = NewJob::try_from(submit(
+            "6f1c5a8e-9f4e-4a53-9d8e-2b2c1f1e0a11",
+            "https://cdn/x.jpg",
+            &sha,
+        ))
+        .unwrap();
         assert_eq!(new.image_sha256, "ab".repeat(32));
-        assert_eq!((new.schema_version.as_str(), new.prompt_version.as_str()), ("stage1", "v1.0"));
+        assert_eq!(
+            (new.schema_version.as_str(), new.prompt_version.as_str()),
+            ("stage1", "v1.0")
+        );
     }
 
     #[test]
     fn every_bad_field_is_named() {
-        let Err(Error::InvalidArgument(violations)) = NewJob::try_from(submit("nope", "", "xyz")) else {
+        let Err(Error::InvalidArgument(violations)) = NewJob::try_from(submit("nope", "", "xyz"))
+        else {
             panic!("expected InvalidArgument")
         };
         let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
@@ -391,8 +421,13 @@ mod tests {
 
     #[test]
     fn legacy_token_usage_names_are_read() {
-        let usage = token_usage(serde_json::json!({"inputTokens": 10, "outputTokens": 5, "cost": 0.25, "model": "m", "cached": 3}));
-        assert_eq!((usage.input_tokens, usage.output_tokens, usage.cost_usd), (10, 5, 0.25));
+        let usage = token_usage(
+            serde_json::json!({"inputTokens": 10, "outputTokens": 5, "cost": 0.25, "model": "m", "cached": 3}),
+        );
+        assert_eq!(
+            (usage.input_tokens, usage.output_tokens, usage.cost_usd),
+            (10, 5, 0.25)
+        );
         assert_eq!(usage.model, "m");
         assert!(usage.extras.unwrap().fields.contains_key("cached"));
     }

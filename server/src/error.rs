@@ -88,9 +88,9 @@ impl From<StorageError> for Error {
         match error {
             StorageError::Unavailable(_) => Self::Unavailable(error),
             StorageError::SerializationFailure(_) => Self::Aborted(error),
-            StorageError::UniqueViolation { .. } | StorageError::Other(_) | StorageError::Migrate(_) => {
-                Self::Internal(error.to_string())
-            }
+            StorageError::UniqueViolation { .. }
+            | StorageError::Other(_)
+            | StorageError::Migrate(_) => Self::Internal(error.to_string()),
         }
     }
 }
@@ -130,15 +130,30 @@ mod tests {
     #[test]
     fn invalid_argument_names_every_field() {
         let status = Status::from(Error::InvalidArgument(vec![
-            FieldViolation { field: "user_id".into(), description: "not a UUID".into() },
-            FieldViolation { field: "image_sha256".into(), description: "not 64 hex".into() },
+            FieldViolation {
+                field: "user_id".into(),
+                description: "not a UUID".into(),
+            },
+            FieldViolation {
+                field: "image_sha256".into(),
+                description: "not 64 hex".into(),
+            },
         ]));
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
-        let fields: Vec<_> = details.bad_request().unwrap().field_violations.iter().map(|v| v.field.as_str()).collect();
+        let fields: Vec<_> = details
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
         assert_eq!(fields, ["user_id", "image_sha256"]);
         let info = details.error_info().unwrap();
-        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("INVALID_ARGUMENT", DOMAIN));
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("INVALID_ARGUMENT", DOMAIN)
+        );
     }
 
     #[test]

@@ -26,7 +26,12 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 
 /// Pings the database every `interval` and reports SERVING or NOT_SERVING on each
 /// change, until `shutdown` turns true; then reports NOT_SERVING for good.
-pub async fn probe(storage: Storage, reporter: HealthReporter, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn probe(
+    storage: Storage,
+    reporter: HealthReporter,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     // A ping that takes longer than this counts as a failure.
     let deadline = interval.max(Duration::from_secs(1));
     let mut serving = None;
@@ -37,9 +42,16 @@ pub async fn probe(storage: Storage, reporter: HealthReporter, interval: Duratio
             match &answer {
                 Ok(Ok(())) => tracing::info!("database answers: serving"),
                 Ok(Err(error)) => tracing::warn!(%error, "database does not answer: not serving"),
-                Err(_) => tracing::warn!(timeout_ms = deadline.as_millis(), "database ping timed out: not serving"),
+                Err(_) => tracing::warn!(
+                    timeout_ms = deadline.as_millis(),
+                    "database ping timed out: not serving"
+                ),
             }
-            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             set_all(&reporter, status).await;
             serving = Some(ok);
         }

@@ -51,9 +51,15 @@ impl JobStatus {
     /// Reads a `status` column value; `None` for a value jobq does not know (a
     /// legacy row may hold one).
     pub fn parse(stored: &str) -> Option<Self> {
-        [Self::Queued, Self::Processing, Self::Completed, Self::Failed, Self::Cancelled]
-            .into_iter()
-            .find(|status| status.as_str() == stored)
+        [
+            Self::Queued,
+            Self::Processing,
+            Self::Completed,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == stored)
     }
 }
 

@@ -23,6 +23,5 @@ pub mod telemetry;
 
 mod app;
 
-
 pub use app::App;
 pub use config::Config;

@@ -13,7 +13,9 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Migrate(database)) => {
             telemetry::init(LogFormat::Pretty);
-            App::migrate(&database.database_url).await.map_err(|e| e.to_string())
+            App::migrate(&database.database_url)
+                .await
+                .map_err(|e| e.to_string())
         }
         Some(Command::Serve(args)) => serve(&args).await,
         None => serve(&cli.serve).await,
@@ -30,11 +32,15 @@ async fn main() -> ExitCode {
 
 async fn serve(args: &jobq_server::config::ServeArgs) -> Result<(), String> {
     telemetry::init(args.log_format);
-    let app = App::prepare(Config::from(args)).await.map_err(|e| e.to_string())?;
+    let app = App::prepare(Config::from(args))
+        .await
+        .map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    app.serve(listener, shutdown_signal()).await.map_err(|e| e.to_string())
+    app.serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -40,9 +40,15 @@ impl PageToken {
     }
 
     /// The cursor in `token`, if it is an unaltered token of this listing.
-    pub fn decode(token: &str, user_id: UserId, status: Option<JobStatus>) -> Result<ListCursor, String> {
+    pub fn decode(
+        token: &str,
+        user_id: UserId,
+        status: Option<JobStatus>,
+    ) -> Result<ListCursor, String> {
         const NOT_OURS: &str = "is not a page token jobq issued (altered or truncated)";
-        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| NOT_OURS.to_owned())?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| NOT_OURS.to_owned())?;
         if bytes.len() != BODY_LEN + CHECK_LEN || bytes[0] != FORMAT {
             return Err(NOT_OURS.to_owned());
         }
@@ -59,9 +65,13 @@ impl PageToken {
             return Err("belongs to a listing with another status filter".to_owned());
         }
         let micros = i64::from_be_bytes(field(18, 8).try_into().map_err(|_| NOT_OURS.to_owned())?);
-        let created_at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| NOT_OURS.to_owned())?;
+        let created_at =
+            DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| NOT_OURS.to_owned())?;
         let id = Uuid::from_slice(field(26, 16)).map_err(|_| NOT_OURS.to_owned())?;
-        Ok(ListCursor { created_at, id: JobId(id) })
+        Ok(ListCursor {
+            created_at,
+            id: JobId(id),
+        })
     }
 }
 
@@ -77,7 +87,10 @@ fn status_code(status: Option<JobStatus>) -> u8 {
 }
 
 fn check(body: &[u8]) -> [u8; CHECK_LEN] {
-    let digest = Sha256::new().chain_update(DOMAIN).chain_update(body).finalize();
+    let digest = Sha256::new()
+        .chain_update(DOMAIN)
+        .chain_update(body)
+        .finalize();
     let mut check = [0; CHECK_LEN];
     check.copy_from_slice(&digest[..CHECK_LEN]);
     check
@@ -99,9 +112,14 @@ mod tests {
         let user = UserId(Uuid::new_v4());
         let cursor = cursor();
         let token = PageToken::encode(user, Some(JobStatus::Failed), cursor);
-        assert_eq!(PageToken::decode(&token, user, Some(JobStatus::Failed)), Ok(cursor));
+        assert_eq!(
+            PageToken::decode(&token, user, Some(JobStatus::Failed)),
+            Ok(cursor)
+        );
         assert!(PageToken::decode(&token, user, None).is_err());
-        assert!(PageToken::decode(&token, UserId(Uuid::new_v4()), Some(JobStatus::Failed)).is_err());
+        assert!(
+            PageToken::decode(&token, UserId(Uuid::new_v4()), Some(JobStatus::Failed)).is_err()
+        );
     }
 
     #[test]
@@ -112,7 +130,10 @@ mod tests {
             let mut bytes = token.clone().into_bytes();
             bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
             let altered = String::from_utf8(bytes).unwrap();
-            assert!(PageToken::decode(&altered, user, None).is_err(), "position {i}");
+            assert!(
+                PageToken::decode(&altered, user, None).is_err(),
+                "position {i}"
+            );
         }
         assert!(PageToken::decode(&token[..token.len() - 1], user, None).is_err());
         assert!(PageToken::decode("", user, None).is_err());

@@ -95,7 +95,9 @@ fn log_code(code: Code, latency_ms: f64) {
         Code::Internal | Code::Unknown | Code::DataLoss => {
             tracing::error!(code = %name, latency_ms, "rpc")
         }
-        Code::Unavailable | Code::DeadlineExceeded => tracing::warn!(code = %name, latency_ms, "rpc"),
+        Code::Unavailable | Code::DeadlineExceeded => {
+            tracing::warn!(code = %name, latency_ms, "rpc")
+        }
         _ => tracing::info!(code = %name, latency_ms, "rpc"),
     }
 }

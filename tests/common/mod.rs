@@ -21,7 +21,8 @@ use uuid::Uuid;
 /// The server every test database is created on; `JOBQ_TEST_DATABASE_URL` names
 /// another (any database on it: tests only use it to create and drop their own).
 pub fn admin_url() -> String {
-    std::env::var("JOBQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("JOBQ_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A database of one test, named `jobq_test_<uuid>`, dropped by [`TestServer::stop`].
@@ -35,33 +36,53 @@ impl TestDb {
     /// A name and URL for a database that does not exist yet.
     pub fn new() -> Self {
         let name = format!("jobq_test_{}", Uuid::new_v4().simple());
-        let options = PgConnectOptions::from_str(&admin_url()).expect("admin URL parses").database(&name);
+        let options = PgConnectOptions::from_str(&admin_url())
+            .expect("admin URL parses")
+            .database(&name);
         let url = options.to_url_lossy().to_string();
         Self { name, url }
     }
 
     /// Creates the database (for tests that prepare it before the server starts).
     pub async fn create(&self) {
-        admin_pool().await.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{}\"", self.name))).await.expect("create test database");
+        admin_pool()
+            .await
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE \"{}\"",
+                self.name
+            )))
+            .await
+            .expect("create test database");
     }
 
     /// A direct pool to the database, for preparing and checking rows.
     pub async fn pool(&self) -> PgPool {
-        PgPoolOptions::new().max_connections(4).connect(&self.url).await.expect("connect to test database")
+        PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.url)
+            .await
+            .expect("connect to test database")
     }
 
     /// Drops the database, closing whatever is still connected.
     pub async fn drop_database(&self) {
         admin_pool()
             .await
-            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            )))
             .await
             .expect("drop test database");
     }
 }
 
 pub async fn admin_pool() -> PgPool {
-    PgPoolOptions::new().max_connections(1).connect(&admin_url()).await.expect("connect to the admin database")
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url())
+        .await
+        .expect("connect to the admin database")
 }
 
 /// A running server.
@@ -104,7 +125,14 @@ impl TestServer {
             .await
             .expect("connect to the test server");
         let pool = db.pool().await;
-        Self { addr, db, pool, channel, stop: Some(stop), task: Some(task) }
+        Self {
+            addr,
+            db,
+            pool,
+            channel,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -122,7 +150,11 @@ impl TestServer {
 
     /// The generated client on a connection of its own.
     pub async fn raw_on_new_connection(&self) -> JobQueueServiceClient<Channel> {
-        let channel = Channel::from_shared(self.url()).expect("valid URL").connect().await.expect("connect");
+        let channel = Channel::from_shared(self.url())
+            .expect("valid URL")
+            .connect()
+            .await
+            .expect("connect");
         JobQueueServiceClient::new(channel)
     }
 
@@ -133,7 +165,10 @@ impl TestServer {
 
     /// Rows in the job table.
     pub async fn job_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM menu_extraction_jobs").fetch_one(&self.pool).await.expect("count jobs")
+        sqlx::query_scalar("SELECT count(*) FROM menu_extraction_jobs")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count jobs")
     }
 
     /// Shuts the server down, waits for it, and drops its database.

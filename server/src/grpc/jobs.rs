@@ -29,7 +29,10 @@ impl JobQueueApi {
 
 #[tonic::async_trait]
 impl JobQueueService for JobQueueApi {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let new = NewJob::try_from(request.into_inner())?;
         let submitted = self.storage.submit_job(&new).await.map_err(Error::from)?;
         tracing::info!(
@@ -44,7 +47,10 @@ impl JobQueueService for JobQueueApi {
         }))
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
         let JobRef { job_id, user_id } = request.into_inner().try_into()?;
         let job = self
             .storage
@@ -52,10 +58,15 @@ impl JobQueueService for JobQueueApi {
             .await
             .map_err(Error::from)?
             .ok_or(Error::JobNotFound)?;
-        Ok(Response::new(pb::GetJobResponse { job: Some(job.into()) }))
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(job.into()),
+        }))
     }
 
-    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let query = ListQuery::try_from(request.into_inner())?;
         let (jobs, more) = self.storage.list_jobs(&query).await.map_err(Error::from)?;
         let next_page_token = match jobs.last() {
@@ -75,21 +86,34 @@ impl JobQueueService for JobQueueApi {
         }))
     }
 
-    async fn retry_job(&self, _: Request<pb::RetryJobRequest>) -> Result<Response<pb::RetryJobResponse>, Status> {
+    async fn retry_job(
+        &self,
+        _: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::RetryJobResponse>, Status> {
         Err(not_built_yet("RetryJob"))
     }
 
-    async fn check_quota(&self, _: Request<pb::CheckQuotaRequest>) -> Result<Response<pb::CheckQuotaResponse>, Status> {
+    async fn check_quota(
+        &self,
+        _: Request<pb::CheckQuotaRequest>,
+    ) -> Result<Response<pb::CheckQuotaResponse>, Status> {
         Err(not_built_yet("CheckQuota"))
     }
 
-    async fn cancel_job(&self, _: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+    async fn cancel_job(
+        &self,
+        _: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
         Err(not_built_yet("CancelJob"))
     }
 
-    type WatchJobsStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobsResponse, Status>> + Send + 'static>>;
+    type WatchJobsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchJobsResponse, Status>> + Send + 'static>>;
 
-    async fn watch_jobs(&self, _: Request<pb::WatchJobsRequest>) -> Result<Response<Self::WatchJobsStream>, Status> {
+    async fn watch_jobs(
+        &self,
+        _: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
         Err(not_built_yet("WatchJobs"))
     }
 }

@@ -15,7 +15,6 @@ macro_rules! job_columns {
     };
 }
 
-
 impl Storage {
     /// Submits a job: returns the live job that matches it (unless `force`), or
     /// inserts a new one, in one transaction.
@@ -93,33 +92,49 @@ impl Storage {
     }
 }
 
-async fn submit_in(tx: &mut Transaction<'static, Postgres>, new: &NewJob) -> Result<Submitted, StorageError> {
+async fn submit_in(
+    tx: &mut Transaction<'static, Postgres>,
+    new: &NewJob,
+) -> Result<Submitted, StorageError> {
     // Seam for per-user limits: lock the user's usage row here, so that everything
     // below runs one submission per user at a time across all servers.
-    if !new.force {
-        if let Some(job) = find_live_match(tx, new).await? {
-            return Ok(Submitted { job, deduplicated: true });
-        }
+    if !new.force
+        && let Some(job) = find_live_match(tx, new).await?
+    {
+        return Ok(Submitted {
+            job,
+            deduplicated: true,
+        });
     }
     // Seam for per-user limits: check the rolling hour and the month here; a
     // refusal returns before the insert and the transaction rolls back.
     if let Some(job) = insert(tx, new).await? {
-        return Ok(Submitted { job, deduplicated: false });
+        return Ok(Submitted {
+            job,
+            deduplicated: false,
+        });
     }
     // The insert lost to a concurrent identical submission that committed first
     // (ON CONFLICT waited for it). This statement's fresh snapshot sees its job.
     match find_live_match(tx, new).await? {
-        Some(job) => Ok(Submitted { job, deduplicated: true }),
+        Some(job) => Ok(Submitted {
+            job,
+            deduplicated: true,
+        }),
         // The winner's job stopped being live in between (cancelled or failed at
         // once); a caller's retry will insert.
         None => Err(StorageError::SerializationFailure(sqlx::Error::Protocol(
-            "a concurrent identical submission changed while this one was deduplicated against it".into(),
+            "a concurrent identical submission changed while this one was deduplicated against it"
+                .into(),
         ))),
     }
 }
 
 /// The newest live job of the same user and submission, exempt ones included.
-async fn find_live_match(conn: &mut PgConnection, new: &NewJob) -> Result<Option<Job>, StorageError> {
+async fn find_live_match(
+    conn: &mut PgConnection,
+    new: &NewJob,
+) -> Result<Option<Job>, StorageError> {
     let job = sqlx::query_as::<_, Job>(concat!(
         "SELECT ",
         job_columns!(),

@@ -58,10 +58,14 @@ impl From<sqlx::Error> for StorageError {
                 },
                 // Class 08 (connection exception), 57P01-57P03 (admin shutdown,
                 // crash shutdown, cannot connect now), 53300 (too many connections),
-                // 3D000 (database does not exist), 55000 with datallowconn false.
+                // 3D000 (database does not exist), 55000 (object not in prerequisite
+                // state: what a database that does not accept connections answers).
                 Some(code)
                     if code.starts_with("08")
-                        || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "3D000") =>
+                        || matches!(
+                            code,
+                            "57P01" | "57P02" | "57P03" | "53300" | "3D000" | "55000"
+                        ) =>
                 {
                     Self::Unavailable(error)
                 }
@@ -115,7 +119,11 @@ async fn create_database_if_missing(database_url: &str) -> Result<(), StorageErr
             Ok(())
         }
         // Another server created it between the check and the CREATE.
-        Err(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("42P04" | "23505")) => Ok(()),
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42P04" | "23505")) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(e.into()),
     }
 }

