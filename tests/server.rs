@@ -246,18 +246,6 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
     let mut admin = AdminServiceClient::new(server.channel());
     let codes = [
         (
-            "RetryJob",
-            jobs.retry_job(pb::RetryJobRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "CheckQuota",
-            jobs.check_quota(pb::CheckQuotaRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
             "CancelJob",
             jobs.cancel_job(pb::CancelJobRequest::default())
                 .await
@@ -294,20 +282,6 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
             "FailJob",
             worker
                 .fail_job(pb::FailJobRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "SetUserPlan",
-            admin
-                .set_user_plan(pb::SetUserPlanRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "GetUserPlan",
-            admin
-                .get_user_plan(pb::GetUserPlanRequest::default())
                 .await
                 .map(drop),
         ),

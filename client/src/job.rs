@@ -355,3 +355,68 @@ impl TryFrom<pb::ListJobsResponse> for JobPage {
         })
     }
 }
+
+/// A user's plan and usage, as CheckQuota reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    /// The plan applied.
+    pub plan: String,
+    /// Whether a new (not deduplicated) submission would be accepted now.
+    pub allowed: bool,
+    /// When not allowed, the reason SubmitJob would give (`QUOTA_EXCEEDED` or
+    /// `RATE_LIMIT_EXCEEDED`).
+    pub reason: Option<String>,
+    /// This UTC calendar month.
+    pub monthly: QuotaWindow,
+    /// The rolling last 60 minutes.
+    pub hourly: QuotaWindow,
+}
+
+/// Usage against one limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaWindow {
+    /// New jobs counted.
+    pub used: i64,
+    /// The limit; `None` means unlimited.
+    pub limit: Option<i64>,
+    /// When the window next frees a slot (see the proto's `QuotaWindow`).
+    pub resets_at: Option<SystemTime>,
+}
+
+impl TryFrom<Option<pb::QuotaWindow>> for QuotaWindow {
+    type Error = Error;
+
+    fn try_from(window: Option<pb::QuotaWindow>) -> Result<Self, Error> {
+        let pb::QuotaWindow {
+            used,
+            limit,
+            resets_at,
+        } = window.ok_or_else(|| Error::Decode("CheckQuotaResponse without a window".into()))?;
+        Ok(Self {
+            used,
+            limit: (limit >= 0).then_some(limit),
+            resets_at: time("resets_at", resets_at)?,
+        })
+    }
+}
+
+impl TryFrom<pb::CheckQuotaResponse> for Quota {
+    type Error = Error;
+
+    fn try_from(response: pb::CheckQuotaResponse) -> Result<Self, Error> {
+        let pb::CheckQuotaResponse {
+            plan,
+            allowed,
+            reason,
+            monthly,
+            hourly,
+        } = response;
+        Ok(Self {
+            plan,
+            allowed,
+            reason: (!reason.is_empty()).then_some(reason),
+            monthly: monthly.try_into()?,
+            hourly: hourly.try_into()?,
+        })
+    }
+}

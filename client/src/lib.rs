@@ -20,6 +20,7 @@
 //! back into variants such as [`Error::InvalidArgument`] with every bad field.
 #![warn(missing_docs)]
 
+mod admin;
 mod error;
 mod job;
 
@@ -28,8 +29,9 @@ use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+pub use admin::AdminClient;
 pub use error::{Error, FieldViolation};
-pub use job::{Job, JobPage, ListJobs, SubmitJob, Submitted, TokenUsage};
+pub use job::{Job, JobPage, ListJobs, Quota, QuotaWindow, SubmitJob, Submitted, TokenUsage};
 /// The generated protocol types, for what the typed API does not cover.
 pub use jobq_proto::pb;
 /// A job's life-cycle state.
@@ -114,6 +116,53 @@ impl JobQueueClient {
             .job
             .ok_or_else(|| Error::Decode("GetJobResponse without a job".into()))?
             .try_into()
+    }
+
+    /// Retries one of `user_id`'s FAILED jobs: a new QUEUED job with the same
+    /// parameters. Retrying the same failed job again returns the same retry.
+    /// Retries do not count against the user's limits.
+    ///
+    /// ```no_run
+    /// # async fn example(client: jobq_client::JobQueueClient, user: uuid::Uuid, failed: uuid::Uuid) -> Result<(), jobq_client::Error> {
+    /// let retry = client.retry_job(user, failed).await?;
+    /// assert_eq!(retry.retry_of_job_id, Some(failed));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`]; [`Error::InvalidStatus`] when the job is not FAILED;
+    /// [`Error::MaxRetriesExceeded`] when it is already the third retry.
+    pub async fn retry_job(&self, user_id: Uuid, job_id: Uuid) -> Result<Job, Error> {
+        let request = pb::RetryJobRequest {
+            job_id: job_id.to_string(),
+            user_id: user_id.to_string(),
+        };
+        let response = self.inner.clone().retry_job(request).await?.into_inner();
+        response
+            .job
+            .ok_or_else(|| Error::Decode("RetryJobResponse without a job".into()))?
+            .try_into()
+    }
+
+    /// The user's plan and usage, and whether a new submission would be accepted
+    /// now (exactly as SubmitJob would decide).
+    ///
+    /// ```no_run
+    /// # async fn example(client: jobq_client::JobQueueClient, user: uuid::Uuid) -> Result<(), jobq_client::Error> {
+    /// let quota = client.check_quota(user).await?;
+    /// println!("{} of {:?} this month on {}", quota.monthly.used, quota.monthly.limit, quota.plan);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the server or its database is down.
+    pub async fn check_quota(&self, user_id: Uuid) -> Result<Quota, Error> {
+        let request = pb::CheckQuotaRequest {
+            user_id: user_id.to_string(),
+        };
+        Quota::try_from(self.inner.clone().check_quota(request).await?.into_inner())
     }
 
     /// Reads a page of a user's jobs, newest first.

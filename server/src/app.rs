@@ -44,6 +44,8 @@ pub struct App {
 impl App {
     /// Creates the database if it is missing, connects and applies migrations.
     pub async fn prepare(config: Config) -> Result<Self, AppError> {
+        let plans: Vec<_> = config.plans.names().collect();
+        tracing::info!(?plans, "plans loaded");
         let storage = Storage::open(&config.database_url, config.db_max_connections).await?;
         Ok(Self { config, storage })
     }
@@ -85,9 +87,13 @@ impl App {
             .add_service(reflection_v1alpha)
             .add_service(JobQueueServiceServer::new(JobQueueApi::new(
                 storage.clone(),
+                config.plans.clone(),
             )))
             .add_service(WorkerServiceServer::new(WorkerApi))
-            .add_service(AdminServiceServer::new(AdminApi));
+            .add_service(AdminServiceServer::new(AdminApi::new(
+                storage.clone(),
+                config.plans.clone(),
+            )));
         let local = listener.local_addr().ok();
         tracing::info!(listen = ?local, "serving");
         let serving =

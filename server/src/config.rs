@@ -2,11 +2,15 @@
 //! parsed and validated once at start.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sqlx::postgres::PgConnectOptions;
+
+use crate::plans::{Plans, PlansError};
 
 /// The database jobq uses when none is configured. It is created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/jobq";
@@ -56,6 +60,9 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// A TOML file that overrides the built-in plans' limits and adds plans.
+    #[arg(long, env = "JOBQ_PLANS")]
+    pub plans: Option<PathBuf>,
     /// Log output: `pretty` for people, `json` for log collectors.
     #[arg(long, env = "JOBQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -88,6 +95,8 @@ pub struct Config {
     pub health_interval: Duration,
     /// How long in-flight calls get to finish once shutdown starts.
     pub shutdown_grace: Duration,
+    /// The plans limits are judged by.
+    pub plans: Arc<Plans>,
 }
 
 impl Config {
@@ -98,18 +107,24 @@ impl Config {
             db_max_connections: 16,
             health_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            plans: Arc::new(Plans::builtin()),
         }
     }
-}
 
-impl From<&ServeArgs> for Config {
-    fn from(args: &ServeArgs) -> Self {
-        Self {
+    /// The configuration `args` describe, with the plans file (if any) read and
+    /// checked.
+    pub fn load(args: &ServeArgs) -> Result<Self, PlansError> {
+        let plans = match &args.plans {
+            Some(path) => Plans::load(path)?,
+            None => Plans::builtin(),
+        };
+        Ok(Self {
             database_url: args.database.database_url.clone(),
             db_max_connections: args.database.db_max_connections,
             health_interval: args.health_interval,
             shutdown_grace: args.shutdown_grace,
-        }
+            plans: Arc::new(plans),
+        })
     }
 }
 

@@ -12,6 +12,8 @@ use uuid::Uuid;
 use crate::error::{Error, FieldViolation};
 use crate::job::{Job, JobId, JobStatus, ListQuery, NewJob, UserId};
 use crate::page_token::PageToken;
+use crate::plans::Plans;
+use crate::quota::{QuotaStatus, Refusal, Window};
 
 /// Longest accepted `image_url`, in bytes.
 pub const MAX_IMAGE_URL_LEN: usize = 2048;
@@ -177,20 +179,130 @@ pub struct JobRef {
     pub user_id: UserId,
 }
 
-impl TryFrom<pb::GetJobRequest> for JobRef {
-    type Error = Error;
-
-    fn try_from(request: pb::GetJobRequest) -> Result<Self, Error> {
-        let pb::GetJobRequest { job_id, user_id } = request;
+impl JobRef {
+    fn parse(job_id: &str, user_id: &str) -> Result<Self, Error> {
         let mut v = Violations::default();
-        let job_id = v.check("job_id", uuid(&job_id));
-        let user_id = v.check("user_id", uuid(&user_id));
+        let job_id = v.check("job_id", uuid(job_id));
+        let user_id = v.check("user_id", uuid(user_id));
         v.finish(|| {
             Some(JobRef {
                 job_id: JobId(job_id?),
                 user_id: UserId(user_id?),
             })
         })
+    }
+}
+
+impl TryFrom<pb::GetJobRequest> for JobRef {
+    type Error = Error;
+
+    fn try_from(request: pb::GetJobRequest) -> Result<Self, Error> {
+        let pb::GetJobRequest { job_id, user_id } = request;
+        Self::parse(&job_id, &user_id)
+    }
+}
+
+impl TryFrom<pb::RetryJobRequest> for JobRef {
+    type Error = Error;
+
+    fn try_from(request: pb::RetryJobRequest) -> Result<Self, Error> {
+        let pb::RetryJobRequest { job_id, user_id } = request;
+        Self::parse(&job_id, &user_id)
+    }
+}
+
+/// A required user id field.
+pub fn user_id(field: &str, value: &str) -> Result<UserId, Error> {
+    uuid(value)
+        .map(UserId)
+        .map_err(|description| Error::invalid(field, description))
+}
+
+impl TryFrom<pb::CheckQuotaRequest> for UserId {
+    type Error = Error;
+
+    fn try_from(request: pb::CheckQuotaRequest) -> Result<Self, Error> {
+        let pb::CheckQuotaRequest { user_id: id } = request;
+        user_id("user_id", &id)
+    }
+}
+
+impl TryFrom<pb::GetUserPlanRequest> for UserId {
+    type Error = Error;
+
+    fn try_from(request: pb::GetUserPlanRequest) -> Result<Self, Error> {
+        let pb::GetUserPlanRequest { user_id: id } = request;
+        user_id("user_id", &id)
+    }
+}
+
+/// A validated SetUserPlan request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanAssignment {
+    /// The user.
+    pub user_id: UserId,
+    /// A plan the configuration has.
+    pub plan: String,
+}
+
+impl PlanAssignment {
+    /// Validates `request` against the configured `plans`.
+    pub fn parse(request: pb::SetUserPlanRequest, plans: &Plans) -> Result<Self, Error> {
+        let pb::SetUserPlanRequest { user_id, plan } = request;
+        let mut v = Violations::default();
+        let user_id = v.check("user_id", uuid(&user_id));
+        let plan = v.check(
+            "plan",
+            match plans.get(&plan) {
+                Some(known) => Ok(known.name.clone()),
+                None => Err(format!(
+                    "`{}` is not a plan: known plans are {}",
+                    truncated(&plan),
+                    plans.names().collect::<Vec<_>>().join(", ")
+                )),
+            },
+        );
+        v.finish(|| {
+            Some(PlanAssignment {
+                user_id: UserId(user_id?),
+                plan: plan?,
+            })
+        })
+    }
+}
+
+fn window(window: &Window) -> pb::QuotaWindow {
+    let Window {
+        used,
+        limit,
+        resets_at,
+    } = *window;
+    pb::QuotaWindow {
+        used,
+        limit: limit.as_i64(),
+        resets_at: resets_at.map(timestamp),
+    }
+}
+
+impl From<QuotaStatus> for pb::CheckQuotaResponse {
+    fn from(status: QuotaStatus) -> Self {
+        let QuotaStatus {
+            plan,
+            monthly,
+            hourly,
+            refusal,
+        } = status;
+        pb::CheckQuotaResponse {
+            plan,
+            allowed: refusal.is_none(),
+            reason: match refusal {
+                None => String::new(),
+                Some(Refusal::RateLimited { .. }) => "RATE_LIMIT_EXCEEDED".to_owned(),
+                Some(Refusal::QuotaExceeded { .. }) => "QUOTA_EXCEEDED".to_owned(),
+            },
+            monthly: Some(window(&monthly)),
+            hourly: Some(window(&hourly)),
+        }
     }
 }
 

@@ -6,10 +6,15 @@
 //! [`crate::storage::StorageError`], and never reach callers as text.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
+use chrono::{DateTime, SecondsFormat, Utc};
+use jobq_proto::pb;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::job::UserId;
+use crate::quota::{QuotaStatus, Refusal};
 use crate::storage::StorageError;
 
 /// The `ErrorInfo.domain` of every jobq error.
@@ -33,6 +38,60 @@ pub enum Error {
     /// The job does not exist, or belongs to another user.
     #[error("job not found")]
     JobNotFound,
+    /// The user's monthly quota is spent.
+    #[error(
+        "monthly quota exceeded: {used} of {limit} new jobs this month on plan {plan}; resets at {}",
+        rfc3339(*.resets_at)
+    )]
+    QuotaExceeded {
+        /// The user.
+        user_id: UserId,
+        /// The user's plan.
+        plan: String,
+        /// New jobs this month.
+        used: i64,
+        /// The plan's monthly limit.
+        limit: i64,
+        /// The first instant of the next UTC month.
+        resets_at: DateTime<Utc>,
+    },
+    /// The user's rolling-hour limit is reached.
+    #[error(
+        "rate limit exceeded: {used} of {limit} new jobs in the last 60 minutes on plan {plan}{}",
+        resets_at.map(|at| format!("; a slot frees at {}", rfc3339(at))).unwrap_or_default()
+    )]
+    RateLimited {
+        /// The user.
+        user_id: UserId,
+        /// The user's plan.
+        plan: String,
+        /// New jobs in the last 60 minutes.
+        used: i64,
+        /// The plan's hourly limit.
+        limit: i64,
+        /// When a slot frees (`None` for a limit of 0).
+        resets_at: Option<DateTime<Utc>>,
+        /// How long until then.
+        retry_after: Option<Duration>,
+    },
+    /// The failed job is already the last retry allowed.
+    #[error(
+        "job was retried {retry_count} times already; at most {max_retries} retries are allowed"
+    )]
+    MaxRetriesExceeded {
+        /// The failed job's retry count.
+        retry_count: i32,
+        /// The most retries allowed.
+        max_retries: i32,
+    },
+    /// The operation does not apply to a job in its current status.
+    #[error("{operation} does not apply to a job in status {}", .current.as_str_name())]
+    InvalidStatus {
+        /// What was asked ("RetryJob needs a FAILED job").
+        operation: &'static str,
+        /// The job's status.
+        current: pb::JobStatus,
+    },
     /// The database could not be reached; the call may be retried.
     #[error("database unavailable")]
     Unavailable(#[source] StorageError),
@@ -52,7 +111,42 @@ fn describe(violations: &[FieldViolation]) -> String {
         .join("; ")
 }
 
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
 impl Error {
+    /// The refusal of a new job for `user_id`, as `status` explains it.
+    pub fn refused(user_id: UserId, status: QuotaStatus) -> Self {
+        match status.refusal {
+            Some(Refusal::QuotaExceeded {
+                used,
+                limit,
+                resets_at,
+            }) => Self::QuotaExceeded {
+                user_id,
+                plan: status.plan,
+                used,
+                limit,
+                resets_at,
+            },
+            Some(Refusal::RateLimited {
+                used,
+                limit,
+                resets_at,
+                retry_after,
+            }) => Self::RateLimited {
+                user_id,
+                plan: status.plan,
+                used,
+                limit,
+                resets_at,
+                retry_after,
+            },
+            None => Self::Internal("a submission was refused without a reason".to_owned()),
+        }
+    }
+
     /// A single-field `InvalidArgument`.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation {
@@ -66,6 +160,10 @@ impl Error {
         match self {
             Self::InvalidArgument(_) => "INVALID_ARGUMENT",
             Self::JobNotFound => "JOB_NOT_FOUND",
+            Self::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
+            Self::RateLimited { .. } => "RATE_LIMIT_EXCEEDED",
+            Self::MaxRetriesExceeded { .. } => "MAX_RETRIES_EXCEEDED",
+            Self::InvalidStatus { .. } => "INVALID_STATUS",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Self::Aborted(_) => "CONCURRENT_CHANGE",
             Self::Internal(_) => "INTERNAL",
@@ -76,6 +174,10 @@ impl Error {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::JobNotFound => Code::NotFound,
+            Self::QuotaExceeded { .. } | Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::MaxRetriesExceeded { .. } | Self::InvalidStatus { .. } => {
+                Code::FailedPrecondition
+            }
             Self::Unavailable(_) => Code::Unavailable,
             Self::Aborted(_) => Code::Aborted,
             Self::Internal(_) => Code::Internal,
@@ -100,6 +202,10 @@ impl From<Error> for Status {
         let code = error.code();
         let reason = error.reason();
         let mut details = ErrorDetails::new();
+        let mut metadata = HashMap::<String, String>::new();
+        let mut put = |key: &str, value: String| {
+            metadata.insert(key.to_owned(), value);
+        };
         let message = match &error {
             Error::InvalidArgument(violations) => {
                 for v in violations {
@@ -108,6 +214,57 @@ impl From<Error> for Status {
                 error.to_string()
             }
             Error::JobNotFound => error.to_string(),
+            Error::QuotaExceeded {
+                user_id,
+                plan,
+                used,
+                limit,
+                resets_at,
+            } => {
+                put("plan", plan.clone());
+                put("used", used.to_string());
+                put("limit", limit.to_string());
+                put("resets_at", rfc3339(*resets_at));
+                put("window", "month".to_owned());
+                details
+                    .add_quota_failure_violation(format!("user:{}", user_id.0), error.to_string());
+                error.to_string()
+            }
+            Error::RateLimited {
+                user_id,
+                plan,
+                used,
+                limit,
+                resets_at,
+                retry_after,
+            } => {
+                put("plan", plan.clone());
+                put("used", used.to_string());
+                put("limit", limit.to_string());
+                put("window", "hour".to_owned());
+                if let Some(at) = resets_at {
+                    put("resets_at", rfc3339(*at));
+                }
+                if let Some(delay) = retry_after {
+                    put("retry_after_ms", delay.as_millis().to_string());
+                    details.set_retry_info(Some(*delay));
+                }
+                details
+                    .add_quota_failure_violation(format!("user:{}", user_id.0), error.to_string());
+                error.to_string()
+            }
+            Error::MaxRetriesExceeded {
+                retry_count,
+                max_retries,
+            } => {
+                put("retry_count", retry_count.to_string());
+                put("max_retries", max_retries.to_string());
+                error.to_string()
+            }
+            Error::InvalidStatus { current, .. } => {
+                put("current_status", current.as_str_name().to_owned());
+                error.to_string()
+            }
             Error::Unavailable(source) | Error::Aborted(source) => {
                 tracing::warn!(error = %source, reason, "request failed on the database");
                 format!("{error}; retry the call")
@@ -118,7 +275,7 @@ impl From<Error> for Status {
                 "internal error".to_owned()
             }
         };
-        details.set_error_info(reason, DOMAIN, HashMap::<String, String>::new());
+        details.set_error_info(reason, DOMAIN, metadata);
         Status::with_error_details(code, message, details)
     }
 }

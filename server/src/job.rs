@@ -133,15 +133,6 @@ pub struct NewJob {
     pub force: bool,
 }
 
-/// What a submission produced.
-#[derive(Debug, Clone)]
-pub struct Submitted {
-    /// The new job, or the existing matching one.
-    pub job: Job,
-    /// Whether `job` already existed.
-    pub deduplicated: bool,
-}
-
 /// A position in a user's job list, newest first: the last job of the previous page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListCursor {

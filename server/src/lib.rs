@@ -18,6 +18,8 @@ pub mod grpc;
 pub mod health;
 pub mod job;
 pub mod page_token;
+pub mod plans;
+pub mod quota;
 pub mod storage;
 pub mod telemetry;
 

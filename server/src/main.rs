@@ -32,9 +32,8 @@ async fn main() -> ExitCode {
 
 async fn serve(args: &jobq_server::config::ServeArgs) -> Result<(), String> {
     telemetry::init(args.log_format);
-    let app = App::prepare(Config::from(args))
-        .await
-        .map_err(|e| e.to_string())?;
+    let config = Config::load(args).map_err(|e| e.to_string())?;
+    let app = App::prepare(config).await.map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jobq_client::JobQueueClient;
 use jobq_proto::pb;
 use jobq_proto::pb::job_queue_service_client::JobQueueServiceClient;
+use jobq_server::plans::Plans;
 use jobq_server::{App, Config};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor, PgPool};
@@ -96,16 +98,29 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// A server over a database it creates itself.
+    /// A server over a database it creates itself, whose default plan has no
+    /// limits (the tests of limits use [`TestServer::start_with_plans`]).
     pub async fn start() -> Self {
         Self::start_on(TestDb::new()).await
     }
 
-    /// A server over `db` (created by the server if it does not exist yet).
+    /// A server over a fresh database, judging limits by `plans`.
+    pub async fn start_with_plans(plans: Plans) -> Self {
+        Self::start_with(TestDb::new(), plans).await
+    }
+
+    /// A server over `db` (created by the server if it does not exist yet), whose
+    /// default plan has no limits.
     pub async fn start_on(db: TestDb) -> Self {
+        Self::start_with(db, unlimited_plans()).await
+    }
+
+    /// A server over `db`, judging limits by `plans`.
+    pub async fn start_with(db: TestDb, plans: Plans) -> Self {
         let config = Config {
             health_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
+            plans: Arc::new(plans),
             ..Config::new(db.url.clone())
         };
         let app = App::prepare(config).await.expect("server starts");
@@ -182,6 +197,11 @@ impl TestServer {
         self.pool.close().await;
         self.db.drop_database().await;
     }
+}
+
+/// The built-in plans, but the default plan (free) has no limits.
+pub fn unlimited_plans() -> Plans {
+    Plans::parse("[plans.free]\nmonthly_jobs = -1\nhourly_jobs = -1\n").expect("valid plans")
 }
 
 /// A distinct SHA-256 hex for test photo `n`.

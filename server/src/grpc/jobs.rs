@@ -1,6 +1,7 @@
 //! `jobq.v1.JobQueueService`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use jobq_proto::pb;
 use jobq_proto::pb::job_queue_service_server::JobQueueService;
@@ -8,22 +9,29 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::not_built_yet;
-use crate::convert::JobRef;
+use crate::convert::{JobRef, status_to_pb};
 use crate::error::Error;
-use crate::job::{ListCursor, ListQuery, NewJob};
+use crate::job::{ListCursor, ListQuery, NewJob, UserId};
 use crate::page_token::PageToken;
+use crate::plans::Plans;
 use crate::storage::Storage;
+use crate::storage::jobs::{RetryOutcome, SubmitOutcome};
+
+/// Most retries of one submission: RetryJob refuses a failed job whose
+/// `retry_count` has reached it.
+pub const MAX_RETRIES: i32 = 3;
 
 /// Submits and reads jobs.
 #[derive(Debug, Clone)]
 pub struct JobQueueApi {
     storage: Storage,
+    plans: Arc<Plans>,
 }
 
 impl JobQueueApi {
-    /// The service over `storage`.
-    pub fn new(storage: Storage) -> Self {
-        Self { storage }
+    /// The service over `storage`, judging limits by `plans`.
+    pub fn new(storage: Storage, plans: Arc<Plans>) -> Self {
+        Self { storage, plans }
     }
 }
 
@@ -34,16 +42,22 @@ impl JobQueueService for JobQueueApi {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let new = NewJob::try_from(request.into_inner())?;
-        let submitted = self.storage.submit_job(&new).await.map_err(Error::from)?;
-        tracing::info!(
-            job_id = %submitted.job.id.0,
-            deduplicated = submitted.deduplicated,
-            force = new.force,
-            "job submitted"
-        );
+        let (job, deduplicated) = match self
+            .storage
+            .submit_job(&new, &self.plans)
+            .await
+            .map_err(Error::from)?
+        {
+            SubmitOutcome::Created(job) => (job, false),
+            SubmitOutcome::Deduplicated(job) => (job, true),
+            SubmitOutcome::Refused(status) => {
+                return Err(Error::refused(new.user_id, status).into());
+            }
+        };
+        tracing::info!(job_id = %job.id.0, deduplicated, force = new.force, "job submitted");
         Ok(Response::new(pb::SubmitJobResponse {
-            job: Some(submitted.job.into()),
-            deduplicated: submitted.deduplicated,
+            job: Some(job.into()),
+            deduplicated,
         }))
     }
 
@@ -88,16 +102,52 @@ impl JobQueueService for JobQueueApi {
 
     async fn retry_job(
         &self,
-        _: Request<pb::RetryJobRequest>,
+        request: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
-        Err(not_built_yet("RetryJob"))
+        let JobRef { job_id, user_id } = request.into_inner().try_into()?;
+        let outcome = self
+            .storage
+            .retry_job(job_id, user_id, MAX_RETRIES)
+            .await
+            .map_err(Error::from)?;
+        let job = match outcome {
+            RetryOutcome::Created(job) => {
+                tracing::info!(job_id = %job.id.0, retry_of = %job_id.0, retry_count = job.retry_count, "job retried");
+                job
+            }
+            RetryOutcome::Existing(job) => job,
+            RetryOutcome::NotFound => return Err(Error::JobNotFound.into()),
+            RetryOutcome::InvalidStatus(stored) => {
+                return Err(Error::InvalidStatus {
+                    operation: "RetryJob (it needs a FAILED job)",
+                    current: status_to_pb(&stored),
+                }
+                .into());
+            }
+            RetryOutcome::MaxRetriesExceeded { retry_count } => {
+                return Err(Error::MaxRetriesExceeded {
+                    retry_count,
+                    max_retries: MAX_RETRIES,
+                }
+                .into());
+            }
+        };
+        Ok(Response::new(pb::RetryJobResponse {
+            job: Some(job.into()),
+        }))
     }
 
     async fn check_quota(
         &self,
-        _: Request<pb::CheckQuotaRequest>,
+        request: Request<pb::CheckQuotaRequest>,
     ) -> Result<Response<pb::CheckQuotaResponse>, Status> {
-        Err(not_built_yet("CheckQuota"))
+        let user_id = UserId::try_from(request.into_inner())?;
+        let status = self
+            .storage
+            .quota_status(user_id, &self.plans)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(status.into()))
     }
 
     async fn cancel_job(

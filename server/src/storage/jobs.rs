@@ -1,9 +1,41 @@
 //! Statements on `menu_extraction_jobs`.
 
-use sqlx::{PgConnection, Postgres, Transaction};
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
 
-use super::{Storage, StorageError};
-use crate::job::{Job, JobId, ListQuery, NewJob, Submitted, UserId};
+use super::{Storage, StorageError, usage};
+use crate::job::{Job, JobId, JobStatus, ListQuery, NewJob, UserId};
+use crate::plans::Plans;
+use crate::quota::QuotaStatus;
+
+/// What a submission came to.
+#[derive(Debug, Clone)]
+pub enum SubmitOutcome {
+    /// A new job.
+    Created(Job),
+    /// The live job that already matched; nothing was counted.
+    Deduplicated(Job),
+    /// A limit refused it (`refusal` is set); nothing was written.
+    Refused(QuotaStatus),
+}
+
+/// What a retry came to.
+#[derive(Debug, Clone)]
+pub enum RetryOutcome {
+    /// A new queued job.
+    Created(Job),
+    /// The retry made earlier for the same failed job.
+    Existing(Job),
+    /// No such job of this user.
+    NotFound,
+    /// The job is not failed; its stored status.
+    InvalidStatus(String),
+    /// The failed job is itself the last allowed retry.
+    MaxRetriesExceeded {
+        /// Its retry count.
+        retry_count: i32,
+    },
+}
 
 /// The columns of [`Job`], in one place for every statement that returns jobs.
 macro_rules! job_columns {
@@ -16,17 +48,111 @@ macro_rules! job_columns {
 }
 
 impl Storage {
-    /// Submits a job: returns the live job that matches it (unless `force`), or
-    /// inserts a new one, in one transaction.
+    /// Submits a job in one transaction, under the user's submission lock: returns
+    /// the live job that matches it (unless `force`; that costs nothing), or checks
+    /// the rolling hour and then the month against the user's plan and inserts a new
+    /// job, or refuses and writes nothing.
     ///
-    /// Concurrent identical submissions cannot create two jobs: the unique partial
-    /// index `menu_extraction_jobs_live_submission` arbitrates the insert, and the
-    /// loser of the race reads the winner's job.
-    pub async fn submit_job(&self, new: &NewJob) -> Result<Submitted, StorageError> {
+    /// Concurrent identical submissions cannot create two jobs even without the
+    /// lock (a legacy writer, say): the unique partial index
+    /// `menu_extraction_jobs_live_submission` arbitrates the insert, and the loser
+    /// of the race reads the winner's job.
+    pub async fn submit_job(
+        &self,
+        new: &NewJob,
+        plans: &Plans,
+    ) -> Result<SubmitOutcome, StorageError> {
         let mut tx = self.pool.begin().await?;
-        let submitted = submit_in(&mut tx, new).await?;
+        let now = usage::lock_user(&mut tx, new.user_id).await?;
+        if !new.force
+            && let Some(job) = find_live_match(&mut tx, new).await?
+        {
+            tx.commit().await?;
+            return Ok(SubmitOutcome::Deduplicated(job));
+        }
+        let status = usage::evaluate(&mut tx, new.user_id, plans, now).await?;
+        if status.refusal.is_some() {
+            tx.rollback().await?;
+            return Ok(SubmitOutcome::Refused(status));
+        }
+        let outcome = match insert(&mut tx, new, now).await? {
+            Some(job) => SubmitOutcome::Created(job),
+            // The insert lost to an identical job committed meanwhile by a writer
+            // that does not take the lock (ON CONFLICT waited for it); this
+            // statement's fresh snapshot sees it.
+            None => match find_live_match(&mut tx, new).await? {
+                Some(job) => SubmitOutcome::Deduplicated(job),
+                None => {
+                    return Err(StorageError::SerializationFailure(sqlx::Error::Protocol(
+                        "an identical job changed while this submission was deduplicated against it".into(),
+                    )));
+                }
+            },
+        };
         tx.commit().await?;
-        Ok(submitted)
+        Ok(outcome)
+    }
+
+    /// Retries the failed job `id` of `user_id` (see [`RetryOutcome`]). Retries
+    /// are not counted against any limit.
+    pub async fn retry_job(
+        &self,
+        id: JobId,
+        user_id: UserId,
+        max_retries: i32,
+    ) -> Result<RetryOutcome, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        // Locking the failed job serialises concurrent retries of it.
+        let failed = sqlx::query_as::<_, Job>(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM menu_extraction_jobs WHERE id = $1 AND user_id = $2 FOR UPDATE"
+        ))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(failed) = failed else {
+            return Ok(RetryOutcome::NotFound);
+        };
+        if JobStatus::parse(&failed.status) != Some(JobStatus::Failed) {
+            return Ok(RetryOutcome::InvalidStatus(failed.status));
+        }
+        let existing = sqlx::query_as::<_, Job>(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM menu_extraction_jobs WHERE retry_of_job_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(retry) = existing {
+            tx.commit().await?;
+            return Ok(RetryOutcome::Existing(retry));
+        }
+        if failed.retry_count >= max_retries {
+            return Ok(RetryOutcome::MaxRetriesExceeded {
+                retry_count: failed.retry_count,
+            });
+        }
+        // A retry is exempt from deduplication: it must exist even when the user
+        // has since submitted the same photo again (later submissions still find it).
+        let retry = sqlx::query_as::<_, Job>(concat!(
+            "INSERT INTO menu_extraction_jobs
+                 (id, user_id, image_url, image_hash, schema_version, prompt_version, status,
+                  retry_count, retry_of_job_id, dedup_exempt)
+             SELECT $1, user_id, image_url, image_hash, schema_version, prompt_version, 'queued',
+                    retry_count + 1, id, true
+             FROM menu_extraction_jobs WHERE id = $2
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(JobId::generate())
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RetryOutcome::Created(retry))
     }
 
     /// The job `id` if `user_id` owns it.
@@ -92,44 +218,6 @@ impl Storage {
     }
 }
 
-async fn submit_in(
-    tx: &mut Transaction<'static, Postgres>,
-    new: &NewJob,
-) -> Result<Submitted, StorageError> {
-    // Seam for per-user limits: lock the user's usage row here, so that everything
-    // below runs one submission per user at a time across all servers.
-    if !new.force
-        && let Some(job) = find_live_match(tx, new).await?
-    {
-        return Ok(Submitted {
-            job,
-            deduplicated: true,
-        });
-    }
-    // Seam for per-user limits: check the rolling hour and the month here; a
-    // refusal returns before the insert and the transaction rolls back.
-    if let Some(job) = insert(tx, new).await? {
-        return Ok(Submitted {
-            job,
-            deduplicated: false,
-        });
-    }
-    // The insert lost to a concurrent identical submission that committed first
-    // (ON CONFLICT waited for it). This statement's fresh snapshot sees its job.
-    match find_live_match(tx, new).await? {
-        Some(job) => Ok(Submitted {
-            job,
-            deduplicated: true,
-        }),
-        // The winner's job stopped being live in between (cancelled or failed at
-        // once); a caller's retry will insert.
-        None => Err(StorageError::SerializationFailure(sqlx::Error::Protocol(
-            "a concurrent identical submission changed while this one was deduplicated against it"
-                .into(),
-        ))),
-    }
-}
-
 /// The newest live job of the same user and submission, exempt ones included.
 async fn find_live_match(
     conn: &mut PgConnection,
@@ -153,13 +241,18 @@ async fn find_live_match(
     Ok(job)
 }
 
-/// Inserts the job, or returns `None` when a live identical job (not exempt) got
-/// there first.
-async fn insert(conn: &mut PgConnection, new: &NewJob) -> Result<Option<Job>, StorageError> {
+/// Inserts the job, created at `now`, or returns `None` when a live identical job
+/// (not exempt) got there first.
+async fn insert(
+    conn: &mut PgConnection,
+    new: &NewJob,
+    now: DateTime<Utc>,
+) -> Result<Option<Job>, StorageError> {
     let job = sqlx::query_as::<_, Job>(concat!(
         "INSERT INTO menu_extraction_jobs
-             (id, user_id, image_url, image_hash, schema_version, prompt_version, status, dedup_exempt)
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7)
+             (id, user_id, image_url, image_hash, schema_version, prompt_version, status, dedup_exempt,
+              created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8)
          ON CONFLICT (user_id, image_hash, schema_version, prompt_version)
              WHERE status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt
              DO NOTHING
@@ -173,6 +266,7 @@ async fn insert(conn: &mut PgConnection, new: &NewJob) -> Result<Option<Job>, St
     .bind(&new.schema_version)
     .bind(&new.prompt_version)
     .bind(new.force)
+    .bind(now)
     .fetch_optional(conn)
     .await?;
     Ok(job)

@@ -4,6 +4,7 @@
 //! needs no live database; the end-to-end tests cover each statement.
 
 pub mod jobs;
+pub mod usage;
 
 use std::str::FromStr;
 use std::time::Duration;
