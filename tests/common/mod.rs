@@ -218,3 +218,97 @@ pub fn submission(user: Uuid, n: u64) -> pb::SubmitJobRequest {
         ..Default::default()
     }
 }
+
+/// The `ErrorInfo` of a refusal: its reason and metadata (panics without one).
+pub fn error_info(status: &tonic::Status) -> (String, std::collections::HashMap<String, String>) {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "jobq");
+    (info.reason.clone(), info.metadata.clone())
+}
+
+/// Inserts a job for `user` directly, as if submitted at `created_at`.
+pub async fn insert_job_at(
+    pool: &PgPool,
+    user: Uuid,
+    created_at: chrono::DateTime<chrono::Utc>,
+    n: u64,
+) {
+    sqlx::query(
+        "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash, status, created_at)
+         VALUES ($1, $2, $3, 'completed', $4)",
+    )
+    .bind(user)
+    .bind(format!("https://storage.example/old/{n}.jpg"))
+    .bind(sha(1_000_000 + n))
+    .bind(created_at)
+    .execute(pool)
+    .await
+    .expect("insert a past job");
+}
+
+/// Sets a job's status (and retry count) directly, as a worker or an old system would have.
+pub async fn set_status(pool: &PgPool, job_id: &str, status: &str, retry_count: i32) {
+    sqlx::query(
+        "UPDATE menu_extraction_jobs SET status = $1, retry_count = $2 WHERE id = $3::uuid",
+    )
+    .bind(status)
+    .bind(retry_count)
+    .bind(job_id)
+    .execute(pool)
+    .await
+    .expect("set a job's status");
+}
+
+/// Clients on connections of their own, after one call each has warmed the
+/// server's database pool (so that the calls that follow really overlap).
+pub async fn warm_clients(server: &TestServer, n: usize) -> Vec<JobQueueServiceClient<Channel>> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        clients.push(server.raw_on_new_connection().await);
+    }
+    let warm_up = clients.iter().map(|client| {
+        let mut client = client.clone();
+        async move {
+            client
+                .check_quota(pb::CheckQuotaRequest {
+                    user_id: Uuid::new_v4().to_string(),
+                })
+                .await
+        }
+    });
+    for answer in futures::future::join_all(warm_up).await {
+        answer.expect("warm-up call");
+    }
+    clients
+}
+
+/// Runs `call` on every client at the same instant; returns the answers in order.
+pub async fn all_at_once<T, F, Fut>(clients: Vec<JobQueueServiceClient<Channel>>, call: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize, JobQueueServiceClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let barrier = barrier.clone();
+            let call = call(i, client);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                call.await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("task"));
+    }
+    answers
+}
