@@ -94,8 +94,10 @@ impl App {
                 storage.clone(),
                 config.plans.clone(),
             )));
-        let local = listener.local_addr().ok();
-        tracing::info!(listen = ?local, "serving");
+        match listener.local_addr() {
+            Ok(address) => tracing::info!(listen = %address, "serving"),
+            Err(_) => tracing::info!("serving"),
+        }
         let serving =
             router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stopping.wait_for(|stop| *stop).await;

@@ -1,16 +1,21 @@
-//! The `jobq-server` binary: `migrate`, configuration from flags and environment,
-//! JSON logs with one line per RPC, and a clean exit on SIGTERM. It lives in the
-//! server package because cargo builds a package's binary only for that package's
-//! own integration tests; it shares the end-to-end harness in `tests/common`.
+//! The `jobq-server` binary: `migrate`, configuration from flags, environment and a
+//! plans file, JSON logs with one line per RPC, a clean exit on SIGTERM, and limits
+//! that hold across two server processes on one database. It lives in the server
+//! package because cargo builds a package's binary only for that package's own
+//! integration tests; it shares the end-to-end harness in `tests/common`.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
-use common::{TestDb, sha};
+use common::{TestDb, error_info, sha, submission};
+use jobq_proto::pb;
+use jobq_proto::pb::job_queue_service_client::JobQueueServiceClient;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tonic::Code;
 use uuid::Uuid;
 
 /// The `jobq-server` binary, built by cargo for this test.
@@ -18,13 +23,96 @@ fn server_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jobq-server"))
 }
 
+/// A `jobq-server` process serving on a port of its own, logging JSON.
+struct ServerProcess {
+    child: Child,
+    lines: UnboundedReceiver<serde_json::Value>,
+    url: String,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `args` (plus `--listen 127.0.0.1:0` and JSON logs)
+    /// and the environment `env`, and waits until it serves.
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(server_binary())
+            .envs(env.iter().copied())
+            .env("JOBQ_LOG_FORMAT", "json")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let Ok(json) = serde_json::from_str(&line) else {
+                    panic!("a log line that is not JSON: {line}")
+                };
+                if lines_tx.send(json).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = Self {
+            child,
+            lines,
+            url: String::new(),
+        };
+        let serving = process.wait_for("serving").await;
+        process.url = format!(
+            "http://{}",
+            serving["listen"]
+                .as_str()
+                .expect("the address it listens on")
+        );
+        process
+    }
+
+    /// The next log line whose message is `message`.
+    async fn wait_for(&mut self, message: &str) -> serde_json::Value {
+        loop {
+            let line = self
+                .lines
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("log ended before {message:?}"));
+            if line["message"] == message {
+                return line;
+            }
+        }
+    }
+
+    async fn client(&self) -> JobQueueServiceClient<tonic::transport::Channel> {
+        JobQueueServiceClient::connect(self.url.clone())
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and waits for a clean stop.
+    async fn terminate(mut self) -> ExitStatus {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        self.wait_for("shutting down").await;
+        self.wait_for("stopped").await;
+        let mut child = self.child;
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
 #[tokio::test]
 async fn the_binary_migrates_serves_and_stops_on_sigterm() {
     let db = TestDb::new();
-    let binary = server_binary();
 
     // `migrate` creates the database and applies the migrations, then exits.
-    let migrate = Command::new(&binary)
+    let migrate = Command::new(server_binary())
         .args(["migrate", "--database-url", &db.url])
         .output()
         .unwrap();
@@ -38,87 +126,145 @@ async fn the_binary_migrates_serves_and_stops_on_sigterm() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert!(migrations >= 1);
+    assert!(migrations >= 2);
     pool.close().await;
 
     // Environment variables configure it; a flag wins over its variable.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(&binary)
-        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/never")
-        .env("JOBQ_LOG_FORMAT", "json")
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            &db.url,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let Ok(json) = serde_json::from_str(&line) else {
-                panic!("a log line that is not JSON: {line}")
-            };
-            if lines_tx.send(json).is_err() {
-                break;
-            }
-        }
-    });
-    let wait_for = async |lines: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
-                          message: &str| loop {
-        let line = lines
-            .recv()
-            .await
-            .unwrap_or_else(|| panic!("log ended before {message:?}"));
-        if line["message"] == message {
-            return line;
-        }
-    };
-    wait_for(&mut lines, "serving").await;
-
-    let client = jobq_client::JobQueueClient::connect(format!("http://127.0.0.1:{port}"))
+    let mut server = ServerProcess::start(
+        &["--database-url", &db.url],
+        &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/never")],
+    )
+    .await;
+    let client = jobq_client::JobQueueClient::connect(server.url.clone())
         .await
         .unwrap();
-    let user = Uuid::new_v4();
     client
         .submit_job(jobq_client::SubmitJob::new(
-            user,
+            Uuid::new_v4(),
             "https://storage.example/x.jpg",
             sha(5),
         ))
         .await
         .unwrap();
-    let rpc = wait_for(&mut lines, "rpc").await;
+    let rpc = server.wait_for("rpc").await;
     assert_eq!(rpc["code"], "Ok");
     assert!(rpc["latency_ms"].is_number());
-
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    wait_for(&mut lines, "shutting down").await;
-    wait_for(&mut lines, "stopped").await;
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = server.terminate().await;
     assert!(status.success(), "exit status {status}");
 
-    // The error answer for a bad configuration is a message, not a panic.
-    let bad = Command::new(&binary)
+    // A bad configuration is a message, not a panic.
+    let bad = Command::new(server_binary())
         .args(["--listen", "nowhere"])
         .output()
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--listen"));
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_malformed_plans_file_stops_the_server_at_start_naming_the_problem() {
+    let dir = std::env::temp_dir();
+    let cases = [
+        ("[plans.free]\nmontly_jobs = 3\n", "montly_jobs"),
+        (
+            "[plans.premium]\nmonthly_jobs = -5\n",
+            "plans.premium.monthly_jobs",
+        ),
+        (
+            "[plans.team]\nhourly_jobs = 5\n",
+            "a new plan needs monthly_jobs",
+        ),
+        ("[plans.free\n", "plans file"),
+    ];
+    for (text, problem) in cases {
+        let path = dir.join(format!("jobq-plans-{}.toml", Uuid::new_v4().simple()));
+        std::fs::write(&path, text).unwrap();
+        let path_text = path.to_str().unwrap();
+        // The database is never reached: the plans are checked first.
+        let output = Command::new(server_binary())
+            .args([
+                "--plans",
+                path_text,
+                "--database-url",
+                "postgres://nobody@127.0.0.1:1/never",
+            ])
+            .output()
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{text:?} was accepted");
+        assert!(stderr.contains(problem), "{text:?}: {stderr}");
+        assert!(
+            stderr.contains(path_text),
+            "{text:?}: the file is named: {stderr}"
+        );
+    }
+    let missing = Command::new(server_binary())
+        .env("JOBQ_PLANS", "/nonexistent/plans.toml")
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/plans.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_hold_across_two_server_processes() {
+    let db = TestDb::new();
+    let migrate = Command::new(server_binary())
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(migrate.status.success());
+    let first = ServerProcess::start(&["--database-url", &db.url], &[]).await;
+    let second = ServerProcess::start(&["--database-url", &db.url], &[]).await;
+
+    // 40 connections, 20 to each process, each warmed by one call.
+    let mut clients = Vec::new();
+    for n in 0..40 {
+        let mut client = if n % 2 == 0 {
+            first.client().await
+        } else {
+            second.client().await
+        };
+        client
+            .check_quota(pb::CheckQuotaRequest {
+                user_id: Uuid::new_v4().to_string(),
+            })
+            .await
+            .unwrap();
+        clients.push(client);
+    }
+    let user = Uuid::new_v4();
+    let answers = common::all_at_once(clients, move |i, mut client| async move {
+        client.submit_job(submission(user, i as u64)).await
+    })
+    .await;
+
+    assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 5);
+    for status in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let (reason, metadata) = error_info(status);
+        assert_eq!(
+            (
+                reason.as_str(),
+                metadata["used"].as_str(),
+                metadata["limit"].as_str()
+            ),
+            ("QUOTA_EXCEEDED", "5", "5")
+        );
+    }
+    let pool = db.pool().await;
+    let jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM menu_extraction_jobs WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(jobs, 5);
+    pool.close().await;
+
+    assert!(first.terminate().await.success());
+    assert!(second.terminate().await.success());
     db.drop_database().await;
 }

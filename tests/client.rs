@@ -1,0 +1,146 @@
+//! The client crate against a real server: every typed error decoded from a real
+//! answer, and the typed results of CheckQuota, RetryJob and the plan calls.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{TestServer, set_status, sha};
+use jobq_client::{AdminClient, Error, JobQueueClient, JobStatus, SubmitJob};
+use jobq_server::plans::Plans;
+use uuid::Uuid;
+
+fn photo(user: Uuid, n: u64) -> SubmitJob {
+    SubmitJob::new(user, format!("https://storage.example/{n}.jpg"), sha(n))
+}
+
+#[tokio::test]
+async fn every_typed_error_is_decoded_from_a_real_answer() {
+    let plans = Plans::parse("[plans.free]\nmonthly_jobs = 2\nhourly_jobs = 10\n[plans.burst]\nmonthly_jobs = 100\nhourly_jobs = 1\n").unwrap();
+    let server = TestServer::start_with_plans(plans).await;
+    let client = JobQueueClient::connect(server.url()).await.unwrap();
+    let admin = AdminClient::connect(server.url()).await.unwrap();
+    let user = Uuid::new_v4();
+
+    // QuotaExceeded
+    let first = client.submit_job(photo(user, 1)).await.unwrap().job;
+    client.submit_job(photo(user, 2)).await.unwrap();
+    let error = client.submit_job(photo(user, 3)).await.unwrap_err();
+    let Error::QuotaExceeded {
+        used,
+        limit,
+        resets_at,
+    } = error
+    else {
+        panic!("{error:?}")
+    };
+    assert_eq!((used, limit), (2, 2));
+    let resets_at = resets_at.expect("resets_at");
+    assert!(
+        resets_at > SystemTime::now()
+            && resets_at <= SystemTime::now() + Duration::from_secs(32 * 86_400)
+    );
+
+    // RateLimited
+    let bursty = Uuid::new_v4();
+    assert_eq!(admin.set_user_plan(bursty, "burst").await.unwrap(), "burst");
+    assert_eq!(admin.get_user_plan(bursty).await.unwrap(), "burst");
+    client.submit_job(photo(bursty, 1)).await.unwrap();
+    let error = client.submit_job(photo(bursty, 2)).await.unwrap_err();
+    assert_eq!(error.reason(), Some("RATE_LIMIT_EXCEEDED"));
+    let Error::RateLimited {
+        used,
+        limit,
+        retry_after,
+    } = error
+    else {
+        panic!("{error:?}")
+    };
+    assert_eq!((used, limit), (1, 1));
+    let retry_after = retry_after.expect("a delay");
+    assert!(
+        retry_after > Duration::from_secs(3500) && retry_after <= Duration::from_secs(3600),
+        "{retry_after:?}"
+    );
+
+    // JobNotFound
+    let error = client.get_job(Uuid::new_v4(), first.id).await.unwrap_err();
+    assert!(matches!(error, Error::JobNotFound), "{error:?}");
+
+    // InvalidStatus
+    let error = client.retry_job(user, first.id).await.unwrap_err();
+    let Error::InvalidStatus { current } = error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(current, JobStatus::Queued);
+
+    // MaxRetriesExceeded
+    set_status(&server.pool, &first.id.to_string(), "failed", 3).await;
+    let error = client.retry_job(user, first.id).await.unwrap_err();
+    let Error::MaxRetriesExceeded { retry_count } = error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(retry_count, 3);
+
+    // InvalidArgument
+    let error = admin.set_user_plan(user, "platinum").await.unwrap_err();
+    let Error::InvalidArgument { violations, .. } = error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(violations[0].field, "plan");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn typed_results_of_quota_and_retry() {
+    let server = TestServer::start_with_plans(Plans::builtin()).await;
+    let client = JobQueueClient::connect(server.url()).await.unwrap();
+    let user = Uuid::new_v4();
+
+    let quota = client.check_quota(user).await.unwrap();
+    assert_eq!(
+        (quota.plan.as_str(), quota.allowed, quota.reason.as_deref()),
+        ("free", true, None)
+    );
+    assert_eq!((quota.monthly.used, quota.monthly.limit), (0, Some(5)));
+    assert!(
+        quota.monthly.resets_at.is_some(),
+        "the month always has a next start"
+    );
+    assert_eq!(
+        (
+            quota.hourly.used,
+            quota.hourly.limit,
+            quota.hourly.resets_at
+        ),
+        (0, Some(10), None)
+    );
+
+    let job = client.submit_job(photo(user, 1)).await.unwrap().job;
+    set_status(&server.pool, &job.id.to_string(), "failed", 0).await;
+    let retry = client.retry_job(user, job.id).await.unwrap();
+    assert_eq!(
+        (retry.retry_count, retry.retry_of_job_id, retry.status),
+        (1, Some(job.id), JobStatus::Queued)
+    );
+
+    let quota = client.check_quota(user).await.unwrap();
+    assert_eq!((quota.monthly.used, quota.hourly.used), (1, 1));
+    assert_eq!(
+        quota.hourly.resets_at.unwrap(),
+        job.created_at + Duration::from_secs(3600),
+        "the hour frees when the job leaves it"
+    );
+
+    let enterprise = Uuid::new_v4();
+    AdminClient::from_channel(server.channel())
+        .set_user_plan(enterprise, "enterprise")
+        .await
+        .unwrap();
+    let quota = client.check_quota(enterprise).await.unwrap();
+    assert_eq!(
+        (quota.plan.as_str(), quota.monthly.limit),
+        ("enterprise", None)
+    );
+    server.stop().await;
+}
