@@ -19,11 +19,9 @@ impl AdminClient {
     /// # Errors
     /// [`Error::InvalidUrl`] or [`Error::Connect`].
     pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
-        let channel = Channel::from_shared(url.into())
-            .map_err(|e| Error::InvalidUrl(e.to_string()))?
-            .connect()
-            .await?;
-        Ok(Self::from_channel(channel))
+        Ok(Self::from_channel(
+            crate::connect_channel(url.into()).await?,
+        ))
     }
 
     /// A client over an existing channel.

@@ -48,13 +48,10 @@ impl JobQueueClient {
     /// Connects to the server at `url` (e.g. `http://127.0.0.1:50051`).
     ///
     /// # Errors
-    /// [`Error::Connect`] when the URL is invalid or the server cannot be reached.
+    /// [`Error::InvalidUrl`] when the URL is not a URI; [`Error::Connect`] when
+    /// the server cannot be reached.
     pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
-        let channel = Channel::from_shared(url.into())
-            .map_err(|e| Error::InvalidUrl(e.to_string()))?
-            .connect()
-            .await?;
-        Ok(Self::from_channel(channel))
+        Ok(Self::from_channel(connect_channel(url.into()).await?))
     }
 
     /// A client over an existing channel.
@@ -195,6 +192,12 @@ impl JobQueueClient {
             .await?;
         JobPage::try_from(response.into_inner())
     }
+}
+
+/// Opens a channel to `url`; shared by every client type.
+pub(crate) async fn connect_channel(url: String) -> Result<Channel, Error> {
+    let endpoint = Channel::from_shared(url).map_err(|e| Error::InvalidUrl(e.to_string()))?;
+    Ok(endpoint.connect().await?)
 }
 
 /// The lower-case hex SHA-256 of `bytes`: the `image_sha256` of a photo.

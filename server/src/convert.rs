@@ -9,7 +9,7 @@ use jobq_proto::json;
 use jobq_proto::pb;
 use uuid::Uuid;
 
-use crate::error::{Error, FieldViolation};
+use crate::error::{Error, FieldViolation, reason};
 use crate::job::{Job, JobId, JobStatus, ListQuery, NewJob, UserId};
 use crate::page_token::PageToken;
 use crate::plans::Plans;
@@ -297,8 +297,8 @@ impl From<QuotaStatus> for pb::CheckQuotaResponse {
             allowed: refusal.is_none(),
             reason: match refusal {
                 None => String::new(),
-                Some(Refusal::RateLimited { .. }) => "RATE_LIMIT_EXCEEDED".to_owned(),
-                Some(Refusal::QuotaExceeded { .. }) => "QUOTA_EXCEEDED".to_owned(),
+                Some(Refusal::RateLimited { .. }) => reason::RATE_LIMIT_EXCEEDED.to_owned(),
+                Some(Refusal::QuotaExceeded { .. }) => reason::QUOTA_EXCEEDED.to_owned(),
             },
             monthly: Some(window(&monthly)),
             hourly: Some(window(&hourly)),

@@ -20,6 +20,14 @@ use crate::storage::StorageError;
 /// The `ErrorInfo.domain` of every jobq error.
 pub const DOMAIN: &str = "jobq";
 
+/// The `ErrorInfo.reason` values (API.md, "Errors").
+pub mod reason {
+    /// The monthly quota is spent.
+    pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+    /// The rolling-hour limit is reached.
+    pub const RATE_LIMIT_EXCEEDED: &str = "RATE_LIMIT_EXCEEDED";
+}
+
 /// One bad field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -160,8 +168,8 @@ impl Error {
         match self {
             Self::InvalidArgument(_) => "INVALID_ARGUMENT",
             Self::JobNotFound => "JOB_NOT_FOUND",
-            Self::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
-            Self::RateLimited { .. } => "RATE_LIMIT_EXCEEDED",
+            Self::QuotaExceeded { .. } => reason::QUOTA_EXCEEDED,
+            Self::RateLimited { .. } => reason::RATE_LIMIT_EXCEEDED,
             Self::MaxRetriesExceeded { .. } => "MAX_RETRIES_EXCEEDED",
             Self::InvalidStatus { .. } => "INVALID_STATUS",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
