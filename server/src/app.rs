@@ -16,9 +16,10 @@ use crate::config::Config;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::jobs::JobQueueApi;
 use crate::grpc::worker::WorkerApi;
-use crate::health;
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::RpcLogLayer;
+use crate::watch::{self as change_feed, ChangeFeed};
+use crate::{health, reaper};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,25 @@ impl App {
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
+        let feed = ChangeFeed::new();
+        let listener_task = tokio::spawn(change_feed::listen(
+            config.database_url.clone(),
+            feed.clone(),
+            stop_rx.clone(),
+        ));
+        let reaper_task = tokio::spawn(reaper::run(
+            storage.clone(),
+            config.reaper_interval,
+            config.max_attempts,
+            stop_rx.clone(),
+        ));
+        let worker_api = WorkerApi::new(
+            storage.clone(),
+            feed,
+            config.worker_limits,
+            config.claim_poll_interval,
+            stop_rx.clone(),
+        );
         let probe = tokio::spawn(health::probe(
             storage.clone(),
             health_reporter.clone(),
@@ -89,7 +109,7 @@ impl App {
                 storage.clone(),
                 config.plans.clone(),
             )))
-            .add_service(WorkerServiceServer::new(WorkerApi))
+            .add_service(WorkerServiceServer::new(worker_api))
             .add_service(AdminServiceServer::new(AdminApi::new(
                 storage.clone(),
                 config.plans.clone(),
@@ -116,6 +136,8 @@ impl App {
         };
         let _ = stop_tx.send(true);
         let _ = probe.await;
+        let _ = listener_task.await;
+        let _ = reaper_task.await;
         storage.close().await;
         tracing::info!("stopped");
         Ok(result?)

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sqlx::postgres::PgConnectOptions;
 
+use crate::convert::{MAX_LEASE, MIN_LEASE, WorkerLimits};
 use crate::plans::{Plans, PlansError};
 
 /// The database jobq uses when none is configured. It is created if missing.
@@ -69,6 +70,23 @@ pub struct ServeArgs {
     /// How often the health check asks the database whether it answers (e.g. 5s, 500ms).
     #[arg(long, env = "JOBQ_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub health_interval: Duration,
+    /// Lease length of a claimed job when ClaimJobs leaves it unset (1s to 1h).
+    #[arg(long, env = "JOBQ_DEFAULT_LEASE", default_value = "60s", value_parser = parse_lease)]
+    pub default_lease: Duration,
+    /// Claims of one job before an expired lease fails it instead of requeueing it.
+    #[arg(long, env = "JOBQ_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub max_attempts: i32,
+    /// How often expired leases are looked for.
+    #[arg(long, env = "JOBQ_REAPER_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub reaper_interval: Duration,
+    /// How often a parked ClaimJobs looks at the queue without a notification (a
+    /// safety net: notifications wake it at once).
+    #[arg(long, env = "JOBQ_CLAIM_POLL_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub claim_poll_interval: Duration,
+    /// Largest JSON document a worker may store (result, uncertain items,
+    /// superfluous text, token usage), in bytes.
+    #[arg(long, env = "JOBQ_MAX_DOCUMENT_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
+    pub max_document_bytes: u64,
     /// On SIGINT/SIGTERM, how long in-flight calls get to finish before the server
     /// exits anyway.
     #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -97,6 +115,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The plans limits are judged by.
     pub plans: Arc<Plans>,
+    /// Bounds on what workers send and ask for.
+    pub worker_limits: WorkerLimits,
+    /// Claims of one job before an expired lease fails it.
+    pub max_attempts: i32,
+    /// How often expired leases are looked for.
+    pub reaper_interval: Duration,
+    /// How often a parked ClaimJobs looks without a notification.
+    pub claim_poll_interval: Duration,
 }
 
 impl Config {
@@ -108,6 +134,13 @@ impl Config {
             health_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             plans: Arc::new(Plans::builtin()),
+            worker_limits: WorkerLimits {
+                default_lease: Duration::from_secs(60),
+                max_document_bytes: 1_048_576,
+            },
+            max_attempts: 3,
+            reaper_interval: Duration::from_secs(1),
+            claim_poll_interval: Duration::from_secs(10),
         }
     }
 
@@ -124,6 +157,13 @@ impl Config {
             health_interval: args.health_interval,
             shutdown_grace: args.shutdown_grace,
             plans: Arc::new(plans),
+            worker_limits: WorkerLimits {
+                default_lease: args.default_lease,
+                max_document_bytes: usize::try_from(args.max_document_bytes).unwrap_or(usize::MAX),
+            },
+            max_attempts: args.max_attempts,
+            reaper_interval: args.reaper_interval,
+            claim_poll_interval: args.claim_poll_interval,
         })
     }
 }
@@ -135,6 +175,14 @@ fn parse_database_url(url: &str) -> Result<String, String> {
     PgConnectOptions::from_str(url)
         .map(|_| url.to_owned())
         .map_err(|e| format!("not a Postgres connection URL: {e}"))
+}
+
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let lease = parse_duration(text)?;
+    if !(MIN_LEASE..=MAX_LEASE).contains(&lease) {
+        return Err(format!("must be between {MIN_LEASE:?} and {MAX_LEASE:?}"));
+    }
+    Ok(lease)
 }
 
 /// Parses `250ms`, `5s`, `2m` or `1h` (a whole number and a unit).

@@ -10,7 +10,10 @@ use jobq_proto::pb;
 use uuid::Uuid;
 
 use crate::error::{Error, FieldViolation, reason};
-use crate::job::{Job, JobId, JobStatus, ListQuery, NewJob, UserId};
+use crate::job::{
+    ClaimRequest, Completion, Failure, Job, JobId, JobStatus, LeaseId, LeaseRef, ListQuery, NewJob,
+    UserId,
+};
 use crate::page_token::PageToken;
 use crate::plans::Plans;
 use crate::quota::{QuotaStatus, Refusal, Window};
@@ -218,6 +221,15 @@ pub fn user_id(field: &str, value: &str) -> Result<UserId, Error> {
         .map_err(|description| Error::invalid(field, description))
 }
 
+impl TryFrom<pb::CancelJobRequest> for JobRef {
+    type Error = Error;
+
+    fn try_from(request: pb::CancelJobRequest) -> Result<Self, Error> {
+        let pb::CancelJobRequest { job_id, user_id } = request;
+        Self::parse(&job_id, &user_id)
+    }
+}
+
 impl TryFrom<pb::CheckQuotaRequest> for UserId {
     type Error = Error;
 
@@ -266,6 +278,264 @@ impl PlanAssignment {
             Some(PlanAssignment {
                 user_id: UserId(user_id?),
                 plan: plan?,
+            })
+        })
+    }
+}
+
+/// Bounds on what workers send and ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// Lease length when ClaimJobs leaves it unset.
+    pub default_lease: std::time::Duration,
+    /// Largest JSON document (result, uncertain items, superfluous text, token
+    /// usage) a worker may store, in bytes of its JSON text.
+    pub max_document_bytes: usize,
+}
+
+/// Shortest lease a worker may ask for.
+pub const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest lease (or extension) a worker may ask for.
+pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Longest ClaimJobs wait.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most jobs one ClaimJobs call may take.
+pub const MAX_CLAIM: i32 = 100;
+/// Longest worker_id, in bytes.
+pub const MAX_WORKER_ID_LEN: usize = 200;
+/// Longest error_message, in bytes.
+pub const MAX_ERROR_MESSAGE_LEN: usize = 8192;
+/// Longest token_usage.model, in bytes.
+pub const MAX_MODEL_LEN: usize = 200;
+
+fn duration(value: prost_types::Duration) -> Result<std::time::Duration, String> {
+    std::time::Duration::try_from(value).map_err(|_| "must be a non-negative duration".to_owned())
+}
+
+fn bounded(
+    value: Option<prost_types::Duration>,
+    default: Option<std::time::Duration>,
+    min: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<Option<std::time::Duration>, String> {
+    let Some(value) = value.map(duration).transpose()? else {
+        return Ok(default);
+    };
+    if value < min || value > max {
+        return Err(format!(
+            "must be between {min:?} and {max:?}, got {value:?}"
+        ));
+    }
+    Ok(Some(value))
+}
+
+fn lease_ref(v: &mut Violations, job_id: &str, lease_id: &str) -> Option<LeaseRef> {
+    let job_id = v.check("job_id", uuid(job_id));
+    let lease_id = v.check("lease_id", uuid(lease_id));
+    Some(LeaseRef {
+        job_id: JobId(job_id?),
+        lease_id: LeaseId(lease_id?),
+    })
+}
+
+/// A JSON document within the size limit.
+fn document(value: serde_json::Value, limit: usize) -> Result<serde_json::Value, String> {
+    let size = serde_json::to_vec(&value)
+        .map(|text| text.len())
+        .unwrap_or(usize::MAX);
+    if size > limit {
+        return Err(format!("is {size} bytes of JSON; the limit is {limit}"));
+    }
+    Ok(value)
+}
+
+/// The stored form of a reported token usage: the known figures plus extras.
+fn token_usage_json(usage: pb::TokenUsage, limit: usize) -> Result<serde_json::Value, String> {
+    let pb::TokenUsage {
+        input_tokens,
+        output_tokens,
+        model,
+        cost_usd,
+        extras,
+    } = usage;
+    if input_tokens < 0 || output_tokens < 0 {
+        return Err("token counts must not be negative".to_owned());
+    }
+    if !cost_usd.is_finite() || cost_usd < 0.0 {
+        return Err("cost_usd must be a finite, non-negative number".to_owned());
+    }
+    if model.len() > MAX_MODEL_LEN {
+        return Err(format!("model must be at most {MAX_MODEL_LEN} bytes"));
+    }
+    let mut object = match extras.map(json::struct_to_json) {
+        Some(serde_json::Value::Object(object)) => object,
+        _ => serde_json::Map::new(),
+    };
+    object.insert("input_tokens".into(), input_tokens.into());
+    object.insert("output_tokens".into(), output_tokens.into());
+    object.insert("model".into(), model.into());
+    object.insert(
+        "cost_usd".into(),
+        serde_json::Number::from_f64(cost_usd).map_or(serde_json::Value::Null, Into::into),
+    );
+    document(serde_json::Value::Object(object), limit)
+}
+
+impl ClaimRequest {
+    /// Validates a ClaimJobs request.
+    pub fn parse(request: pb::ClaimJobsRequest, limits: &WorkerLimits) -> Result<Self, Error> {
+        let pb::ClaimJobsRequest {
+            worker_id,
+            max_jobs,
+            lease_duration,
+            wait,
+        } = request;
+        let mut v = Violations::default();
+        let worker_id = v.check(
+            "worker_id",
+            if worker_id.is_empty() || worker_id.len() > MAX_WORKER_ID_LEN {
+                Err(format!("must be 1 to {MAX_WORKER_ID_LEN} bytes"))
+            } else if worker_id.chars().any(char::is_control) {
+                Err("must not contain control characters".to_owned())
+            } else {
+                Ok(worker_id)
+            },
+        );
+        let max_jobs = v.check(
+            "max_jobs",
+            match max_jobs {
+                1..=MAX_CLAIM => Ok(max_jobs.unsigned_abs()),
+                _ => Err(format!("must be between 1 and {MAX_CLAIM}, got {max_jobs}")),
+            },
+        );
+        let lease = v.check(
+            "lease_duration",
+            bounded(
+                lease_duration,
+                Some(limits.default_lease),
+                MIN_LEASE,
+                MAX_LEASE,
+            ),
+        );
+        let wait = v.check(
+            "wait",
+            bounded(
+                wait,
+                Some(std::time::Duration::ZERO),
+                std::time::Duration::ZERO,
+                MAX_WAIT,
+            ),
+        );
+        v.finish(|| {
+            Some(ClaimRequest {
+                worker_id: worker_id?,
+                max_jobs: max_jobs?,
+                lease: lease??,
+                wait: wait??,
+            })
+        })
+    }
+}
+
+/// A validated Heartbeat request: the lease, and the extension asked for.
+pub fn heartbeat(
+    request: pb::HeartbeatRequest,
+) -> Result<(LeaseRef, Option<std::time::Duration>), Error> {
+    let pb::HeartbeatRequest {
+        job_id,
+        lease_id,
+        extend_by,
+    } = request;
+    let mut v = Violations::default();
+    let lease = lease_ref(&mut v, &job_id, &lease_id);
+    let extend_by = v.check("extend_by", bounded(extend_by, None, MIN_LEASE, MAX_LEASE));
+    v.finish(|| Some((lease?, extend_by?)))
+}
+
+impl Completion {
+    /// Validates a CompleteJob request.
+    pub fn parse(request: pb::CompleteJobRequest, limits: &WorkerLimits) -> Result<Self, Error> {
+        let pb::CompleteJobRequest {
+            job_id,
+            lease_id,
+            result,
+            token_usage,
+            confidence,
+            uncertain_items,
+            superfluous_text,
+        } = request;
+        let limit = limits.max_document_bytes;
+        let mut v = Violations::default();
+        let lease = lease_ref(&mut v, &job_id, &lease_id);
+        let result = v.check(
+            "result",
+            result
+                .map(|r| document(json::struct_to_json(r), limit))
+                .transpose(),
+        );
+        let token_usage = v.check(
+            "token_usage",
+            token_usage.map(|u| token_usage_json(u, limit)).transpose(),
+        );
+        let confidence = v.check(
+            "confidence",
+            match confidence {
+                Some(c) if !(0.0..=1.0).contains(&c) => {
+                    Err(format!("must be between 0 and 1, got {c}"))
+                }
+                other => Ok(other),
+            },
+        );
+        let uncertain_items = v.check(
+            "uncertain_items",
+            uncertain_items
+                .map(|l| document(json::list_to_json(l), limit))
+                .transpose(),
+        );
+        let superfluous_text = v.check(
+            "superfluous_text",
+            superfluous_text
+                .map(|l| document(json::list_to_json(l), limit))
+                .transpose(),
+        );
+        v.finish(|| {
+            Some(Completion {
+                lease: lease?,
+                result: result?,
+                token_usage: token_usage?,
+                confidence: confidence?,
+                uncertain_items: uncertain_items?,
+                superfluous_text: superfluous_text?,
+            })
+        })
+    }
+}
+
+impl TryFrom<pb::FailJobRequest> for Failure {
+    type Error = Error;
+
+    fn try_from(request: pb::FailJobRequest) -> Result<Self, Error> {
+        let pb::FailJobRequest {
+            job_id,
+            lease_id,
+            error_message,
+        } = request;
+        let mut v = Violations::default();
+        let lease = lease_ref(&mut v, &job_id, &lease_id);
+        let error_message = v.check(
+            "error_message",
+            if error_message.is_empty() || error_message.len() > MAX_ERROR_MESSAGE_LEN {
+                Err(format!(
+                    "must be 1 to {MAX_ERROR_MESSAGE_LEN} bytes: say what went wrong"
+                ))
+            } else {
+                Ok(error_message)
+            },
+        );
+        v.finish(|| {
+            Some(Failure {
+                lease: lease?,
+                error_message: error_message?,
             })
         })
     }

@@ -92,6 +92,12 @@ pub enum Error {
         /// The most retries allowed.
         max_retries: i32,
     },
+    /// The lease is not the job's current one: it expired and the job was
+    /// requeued or reclaimed, or it was never issued. Nothing was changed.
+    #[error(
+        "lease lost: the lease is not the job's current one (expired, or never issued); nothing was changed"
+    )]
+    LeaseLost,
     /// The operation does not apply to a job in its current status.
     #[error("{operation} does not apply to a job in status {}", .current.as_str_name())]
     InvalidStatus {
@@ -172,6 +178,7 @@ impl Error {
             Self::RateLimited { .. } => reason::RATE_LIMIT_EXCEEDED,
             Self::MaxRetriesExceeded { .. } => "MAX_RETRIES_EXCEEDED",
             Self::InvalidStatus { .. } => "INVALID_STATUS",
+            Self::LeaseLost => "LEASE_LOST",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Self::Aborted(_) => "CONCURRENT_CHANGE",
             Self::Internal(_) => "INTERNAL",
@@ -183,7 +190,7 @@ impl Error {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::JobNotFound => Code::NotFound,
             Self::QuotaExceeded { .. } | Self::RateLimited { .. } => Code::ResourceExhausted,
-            Self::MaxRetriesExceeded { .. } | Self::InvalidStatus { .. } => {
+            Self::MaxRetriesExceeded { .. } | Self::InvalidStatus { .. } | Self::LeaseLost => {
                 Code::FailedPrecondition
             }
             Self::Unavailable(_) => Code::Unavailable,
@@ -221,7 +228,7 @@ impl From<Error> for Status {
                 }
                 error.to_string()
             }
-            Error::JobNotFound => error.to_string(),
+            Error::JobNotFound | Error::LeaseLost => error.to_string(),
             Error::QuotaExceeded {
                 user_id,
                 plan,

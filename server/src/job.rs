@@ -154,3 +154,68 @@ pub struct ListQuery {
     /// Jobs per page (1-100).
     pub page_size: u32,
 }
+
+/// A lease's id: proof that a worker holds the job it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct LeaseId(pub Uuid);
+
+/// A validated ClaimJobs request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// Who claims.
+    pub worker_id: String,
+    /// The most jobs to claim (1-100).
+    pub max_jobs: u32,
+    /// Lease length for each claimed job.
+    pub lease: std::time::Duration,
+    /// How long to wait for work when none is queued (0-30 s).
+    pub wait: std::time::Duration,
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    /// The job, now processing.
+    #[sqlx(flatten)]
+    pub job: Job,
+    /// The lease the worker must quote.
+    pub lease_id: LeaseId,
+    /// When the lease runs out.
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// A validated Heartbeat request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRef {
+    /// The job.
+    pub job_id: JobId,
+    /// The lease the worker holds.
+    pub lease_id: LeaseId,
+}
+
+/// What a worker reports for a finished extraction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The job and lease.
+    pub lease: LeaseRef,
+    /// The structured menu.
+    pub result: Option<serde_json::Value>,
+    /// Tokens and cost.
+    pub token_usage: Option<serde_json::Value>,
+    /// The model's confidence, 0 to 1.
+    pub confidence: Option<f32>,
+    /// Items the model was unsure of.
+    pub uncertain_items: Option<serde_json::Value>,
+    /// Text that is not part of the menu.
+    pub superfluous_text: Option<serde_json::Value>,
+}
+
+/// What a worker reports for a failed extraction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The job and lease.
+    pub lease: LeaseRef,
+    /// What went wrong.
+    pub error_message: String,
+}

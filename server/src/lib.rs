@@ -20,8 +20,10 @@ pub mod job;
 pub mod page_token;
 pub mod plans;
 pub mod quota;
+pub mod reaper;
 pub mod storage;
 pub mod telemetry;
+pub mod watch;
 
 mod app;
 

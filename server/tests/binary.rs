@@ -14,6 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use common::{TestDb, error_info, sha, submission};
 use jobq_proto::pb;
 use jobq_proto::pb::job_queue_service_client::JobQueueServiceClient;
+use jobq_proto::pb::worker_service_client::WorkerServiceClient;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tonic::Code;
 use uuid::Uuid;
@@ -86,6 +87,12 @@ impl ServerProcess {
 
     async fn client(&self) -> JobQueueServiceClient<tonic::transport::Channel> {
         JobQueueServiceClient::connect(self.url.clone())
+            .await
+            .unwrap()
+    }
+
+    async fn worker(&self) -> WorkerServiceClient<tonic::transport::Channel> {
+        WorkerServiceClient::connect(self.url.clone())
             .await
             .unwrap()
     }
@@ -263,6 +270,85 @@ async fn limits_hold_across_two_server_processes() {
             .unwrap();
     assert_eq!(jobs, 5);
     pool.close().await;
+
+    assert!(first.terminate().await.success());
+    assert!(second.terminate().await.success());
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_on_two_server_processes_never_claim_the_same_job() {
+    let db = TestDb::new();
+    let migrate = Command::new(server_binary())
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(migrate.status.success());
+    // Free users submit here, so give the default plan no limits.
+    let plans = std::env::temp_dir().join(format!("jobq-plans-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(
+        &plans,
+        "[plans.free]\nmonthly_jobs = -1\nhourly_jobs = -1\n",
+    )
+    .unwrap();
+    let args = [
+        "--database-url",
+        &db.url,
+        "--plans",
+        plans.to_str().unwrap(),
+    ];
+    let first = ServerProcess::start(&args, &[]).await;
+    let second = ServerProcess::start(&args, &[]).await;
+
+    let mut submitter = first.client().await;
+    for n in 0..400 {
+        submitter
+            .submit_job(submission(Uuid::new_v4(), n))
+            .await
+            .unwrap();
+    }
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let mut client = if w % 2 == 0 {
+            first.worker().await
+        } else {
+            second.worker().await
+        };
+        workers.push(tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            loop {
+                let jobs = client
+                    .claim_jobs(pb::ClaimJobsRequest {
+                        worker_id: format!("worker-{w}"),
+                        max_jobs: 10,
+                        lease_duration: Some(prost_types::Duration {
+                            seconds: 300,
+                            nanos: 0,
+                        }),
+                        wait: None,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .jobs;
+                if jobs.is_empty() {
+                    return claimed;
+                }
+                claimed.extend(jobs.into_iter().map(|c| c.job.unwrap().id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.unwrap());
+    }
+    std::fs::remove_file(&plans).unwrap();
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(
+        (all.len(), distinct.len()),
+        (400, 400),
+        "every job claimed once, by one worker"
+    );
 
     assert!(first.terminate().await.success());
     assert!(second.terminate().await.success());

@@ -109,6 +109,15 @@ impl TestServer {
         Self::start_with(TestDb::new(), plans).await
     }
 
+    /// A server over a fresh database with the default plan unlimited and
+    /// `configure` applied to its configuration.
+    pub async fn start_configured(configure: impl FnOnce(&mut Config)) -> Self {
+        let db = TestDb::new();
+        let mut config = Self::config(&db, unlimited_plans());
+        configure(&mut config);
+        Self::start_with_config(db, config).await
+    }
+
     /// A server over `db` (created by the server if it does not exist yet), whose
     /// default plan has no limits.
     pub async fn start_on(db: TestDb) -> Self {
@@ -117,12 +126,23 @@ impl TestServer {
 
     /// A server over `db`, judging limits by `plans`.
     pub async fn start_with(db: TestDb, plans: Plans) -> Self {
-        let config = Config {
+        let config = Self::config(&db, plans);
+        Self::start_with_config(db, config).await
+    }
+
+    /// The tests' configuration: quick health checks and lease expiry.
+    fn config(db: &TestDb, plans: Plans) -> Config {
+        Config {
             health_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
             plans: Arc::new(plans),
+            reaper_interval: Duration::from_millis(200),
             ..Config::new(db.url.clone())
-        };
+        }
+    }
+
+    /// A server over `db` with `config`.
+    pub async fn start_with_config(db: TestDb, config: Config) -> Self {
         let app = App::prepare(config).await.expect("server starts");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");

@@ -15,7 +15,7 @@ use crate::job::{ListCursor, ListQuery, NewJob, UserId};
 use crate::page_token::PageToken;
 use crate::plans::Plans;
 use crate::storage::Storage;
-use crate::storage::jobs::{RetryOutcome, SubmitOutcome};
+use crate::storage::jobs::{CancelOutcome, RetryOutcome, SubmitOutcome};
 
 /// Most retries of one submission: RetryJob refuses a failed job whose
 /// `retry_count` has reached it.
@@ -152,9 +152,29 @@ impl JobQueueService for JobQueueApi {
 
     async fn cancel_job(
         &self,
-        _: Request<pb::CancelJobRequest>,
+        request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        Err(not_built_yet("CancelJob"))
+        let JobRef { job_id, user_id } = request.into_inner().try_into()?;
+        let job = match self
+            .storage
+            .cancel_job(job_id, user_id)
+            .await
+            .map_err(Error::from)?
+        {
+            CancelOutcome::Done(job) => *job,
+            CancelOutcome::NotFound => return Err(Error::JobNotFound.into()),
+            CancelOutcome::Finished(stored) => {
+                return Err(Error::InvalidStatus {
+                    operation: "CancelJob (the job is finished)",
+                    current: status_to_pb(&stored),
+                }
+                .into());
+            }
+        };
+        tracing::info!(job_id = %job_id.0, status = %job.status, cancel_requested = job.cancel_requested, "job cancelled");
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(job.into()),
+        }))
     }
 
     type WatchJobsStream =

@@ -1,43 +1,174 @@
-//! `jobq.v1.WorkerService`: the schema is in place; the worker protocol is not
-//! built yet, and every RPC answers UNIMPLEMENTED.
+//! `jobq.v1.WorkerService`: claim jobs under leases, keep leases alive, report
+//! outcomes. A write under a lease that is no longer the job's current one is
+//! refused with LEASE_LOST and changes nothing.
+
+use std::time::Duration;
 
 use jobq_proto::pb;
 use jobq_proto::pb::worker_service_server::WorkerService;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::not_built_yet;
+use crate::convert::{self, WorkerLimits, status_to_pb, timestamp};
+use crate::error::Error;
+use crate::job::{ClaimRequest, ClaimedJob, Completion, Failure, Job};
+use crate::storage::Storage;
+use crate::storage::leases::LeaseRefusal;
+use crate::watch::ChangeFeed;
 
 /// The worker protocol.
-#[derive(Debug, Clone, Default)]
-pub struct WorkerApi;
+#[derive(Debug, Clone)]
+pub struct WorkerApi {
+    storage: Storage,
+    feed: ChangeFeed,
+    limits: WorkerLimits,
+    /// How often a parked ClaimJobs looks at the table even without a
+    /// notification (a safety net; notifications are the main path).
+    safety_poll: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+impl WorkerApi {
+    /// The service over `storage`, woken by `feed`; parked calls return early
+    /// once `stop` turns true.
+    pub fn new(
+        storage: Storage,
+        feed: ChangeFeed,
+        limits: WorkerLimits,
+        safety_poll: Duration,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            storage,
+            feed,
+            limits,
+            safety_poll,
+            stop,
+        }
+    }
+
+    /// Claims, parking until work is queued, the wait ends, or the server stops.
+    /// A parked call holds no database connection.
+    async fn claim_waiting(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, Error> {
+        let deadline = Instant::now() + request.wait;
+        let mut stop = self.stop.clone();
+        loop {
+            // Subscribe before looking, so that work queued in between wakes us.
+            let mut queued = self.feed.queued_work();
+            let claimed = self.storage.claim_jobs(request).await?;
+            let now = Instant::now();
+            if !claimed.is_empty() || now >= deadline {
+                return Ok(claimed);
+            }
+            let nap = (deadline - now).min(self.safety_poll);
+            tokio::select! {
+                changed = queued.changed() => {
+                    if changed.is_err() {
+                        return Ok(Vec::new());
+                    }
+                }
+                () = tokio::time::sleep(nap) => {}
+                _ = stop.wait_for(|stop| *stop) => return Ok(Vec::new()),
+            }
+        }
+    }
+}
+
+/// The error for a write under a lease that did not apply.
+fn refused(refusal: LeaseRefusal, operation: &'static str) -> Status {
+    match refusal {
+        LeaseRefusal::NotFound => Error::JobNotFound,
+        LeaseRefusal::Finished(stored) => Error::InvalidStatus {
+            operation,
+            current: status_to_pb(&stored),
+        },
+        LeaseRefusal::LeaseLost => Error::LeaseLost,
+    }
+    .into()
+}
+
+fn claimed_to_pb(claimed: ClaimedJob) -> pb::ClaimedJob {
+    let ClaimedJob {
+        job,
+        lease_id,
+        lease_expires_at,
+    } = claimed;
+    pb::ClaimedJob {
+        job: Some(pb::Job::from(job)),
+        lease_id: lease_id.0.to_string(),
+        lease_expires_at: Some(timestamp(lease_expires_at)),
+    }
+}
+
+fn log_outcome(job: &Job, outcome: &str) {
+    tracing::info!(job_id = %job.id.0, status = %job.status, attempt = job.attempt, outcome, "job finished");
+}
 
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
     async fn claim_jobs(
         &self,
-        _: Request<pb::ClaimJobsRequest>,
+        request: Request<pb::ClaimJobsRequest>,
     ) -> Result<Response<pb::ClaimJobsResponse>, Status> {
-        Err(not_built_yet("ClaimJobs"))
+        let request = ClaimRequest::parse(request.into_inner(), &self.limits)?;
+        let claimed = self.claim_waiting(&request).await?;
+        if !claimed.is_empty() {
+            tracing::info!(worker_id = %request.worker_id, claimed = claimed.len(), "jobs claimed");
+        }
+        Ok(Response::new(pb::ClaimJobsResponse {
+            jobs: claimed.into_iter().map(claimed_to_pb).collect(),
+        }))
     }
 
     async fn heartbeat(
         &self,
-        _: Request<pb::HeartbeatRequest>,
+        request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        Err(not_built_yet("Heartbeat"))
+        let (lease, extend_by) = convert::heartbeat(request.into_inner())?;
+        let renewed = self
+            .storage
+            .heartbeat(lease, extend_by)
+            .await
+            .map_err(Error::from)?
+            .map_err(|refusal| refused(refusal, "Heartbeat (the job is finished)"))?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            lease_expires_at: Some(timestamp(renewed.lease_expires_at)),
+            cancel_requested: renewed.cancel_requested,
+        }))
     }
 
     async fn complete_job(
         &self,
-        _: Request<pb::CompleteJobRequest>,
+        request: Request<pb::CompleteJobRequest>,
     ) -> Result<Response<pb::CompleteJobResponse>, Status> {
-        Err(not_built_yet("CompleteJob"))
+        let completion = Completion::parse(request.into_inner(), &self.limits)?;
+        let job = self
+            .storage
+            .complete_job(&completion)
+            .await
+            .map_err(Error::from)?
+            .map_err(|refusal| refused(refusal, "CompleteJob (the job is finished)"))?;
+        log_outcome(&job, "completed");
+        Ok(Response::new(pb::CompleteJobResponse {
+            job: Some(job.into()),
+        }))
     }
 
     async fn fail_job(
         &self,
-        _: Request<pb::FailJobRequest>,
+        request: Request<pb::FailJobRequest>,
     ) -> Result<Response<pb::FailJobResponse>, Status> {
-        Err(not_built_yet("FailJob"))
+        let failure = Failure::try_from(request.into_inner())?;
+        let job = self
+            .storage
+            .fail_job(&failure)
+            .await
+            .map_err(Error::from)?
+            .map_err(|refusal| refused(refusal, "FailJob (the job is finished)"))?;
+        log_outcome(&job, "failed");
+        Ok(Response::new(pb::FailJobResponse {
+            job: Some(job.into()),
+        }))
     }
 }

@@ -19,6 +19,17 @@ pub enum SubmitOutcome {
     Refused(QuotaStatus),
 }
 
+/// What a cancellation came to.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// Cancelled, or marked cancel-requested while processing.
+    Done(Box<Job>),
+    /// No such job of this user.
+    NotFound,
+    /// The job had already finished; its stored status.
+    Finished(String),
+}
+
 /// What a retry came to.
 #[derive(Debug, Clone)]
 pub enum RetryOutcome {
@@ -35,16 +46,6 @@ pub enum RetryOutcome {
         /// Its retry count.
         retry_count: i32,
     },
-}
-
-/// The columns of [`Job`], in one place for every statement that returns jobs.
-macro_rules! job_columns {
-    () => {
-        "id, user_id, image_url, image_hash, status, schema_version, prompt_version, \
-         result, error_message, processing_time, retry_count, retry_of_job_id, attempt, \
-         token_usage, confidence, uncertain_items, superfluous_text, created_at, \
-         updated_at, started_at, completed_at, version, cancel_requested"
-    };
 }
 
 impl Storage {
@@ -153,6 +154,37 @@ impl Storage {
         .await?;
         tx.commit().await?;
         Ok(RetryOutcome::Created(retry))
+    }
+
+    /// Cancels `user_id`'s job `id`: a QUEUED job becomes CANCELLED at once; a
+    /// PROCESSING one is marked cancel-requested (its worker learns it from
+    /// Heartbeat, and its CompleteJob or FailJob settles it as CANCELLED). Asking
+    /// again while it is processing changes nothing.
+    pub async fn cancel_job(
+        &self,
+        id: JobId,
+        user_id: UserId,
+    ) -> Result<CancelOutcome, StorageError> {
+        let job = sqlx::query_as::<_, Job>(concat!(
+            "UPDATE menu_extraction_jobs
+             SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+                 completed_at = CASE WHEN status = 'queued' THEN now() ELSE completed_at END,
+                 cancel_requested = (status = 'processing')
+             WHERE id = $1 AND user_id = $2 AND status IN ('queued', 'processing')
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(job) = job {
+            return Ok(CancelOutcome::Done(Box::new(job)));
+        }
+        Ok(match self.get_job(id, user_id).await? {
+            Some(job) => CancelOutcome::Finished(job.status),
+            None => CancelOutcome::NotFound,
+        })
     }
 
     /// The job `id` if `user_id` owns it.

@@ -3,7 +3,18 @@
 //! Queries are built at run time (`sqlx::query_as` with `bind`), so building jobq
 //! needs no live database; the end-to-end tests cover each statement.
 
+/// The columns of [`Job`], in one place for every statement that returns jobs.
+macro_rules! job_columns {
+    () => {
+        "id, user_id, image_url, image_hash, status, schema_version, prompt_version, \
+         result, error_message, processing_time, retry_count, retry_of_job_id, attempt, \
+         token_usage, confidence, uncertain_items, superfluous_text, created_at, \
+         updated_at, started_at, completed_at, version, cancel_requested"
+    };
+}
+
 pub mod jobs;
+pub mod leases;
 pub mod usage;
 
 use std::str::FromStr;

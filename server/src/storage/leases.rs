@@ -1,0 +1,256 @@
+//! The worker protocol's statements: claim, heartbeat, complete, fail, and lease
+//! expiry. Every write is one conditional statement that names the lease it
+//! applies under, so a worker whose lease was lost can never overwrite a newer
+//! outcome.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{Storage, StorageError};
+use crate::job::{
+    ClaimRequest, ClaimedJob, Completion, Failure, Job, JobStatus, LeaseId, LeaseRef,
+};
+
+/// Why a write under a lease did not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseRefusal {
+    /// No such job.
+    NotFound,
+    /// The job is finished; its stored status.
+    Finished(String),
+    /// The lease is not the job's current one (expired and requeued or
+    /// reclaimed, or never issued).
+    LeaseLost,
+}
+
+/// A renewed lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewed {
+    /// When it now runs out.
+    pub lease_expires_at: DateTime<Utc>,
+    /// Whether the job's owner asked to cancel it.
+    pub cancel_requested: bool,
+}
+
+/// What one pass of lease expiry did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Jobs returned to the queue.
+    pub requeued: u64,
+    /// Jobs failed for running out of attempts.
+    pub failed: u64,
+    /// Jobs whose owner had asked to cancel them, now cancelled.
+    pub cancelled: u64,
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The columns of [`ClaimedJob`]: the job's and its lease.
+macro_rules! claimed_columns {
+    () => {
+        concat!(job_columns!(), ", lease_id, lease_expires_at")
+    };
+}
+
+impl Storage {
+    /// Claims up to `request.max_jobs` of the oldest queued jobs in one statement:
+    /// a CTE locks them with `FOR UPDATE SKIP LOCKED` (so concurrent claimers, in
+    /// any process, never take the same job), and the UPDATE makes each one
+    /// PROCESSING under a fresh lease. Returns them oldest first.
+    pub async fn claim_jobs(
+        &self,
+        request: &ClaimRequest,
+    ) -> Result<Vec<ClaimedJob>, StorageError> {
+        let mut jobs = sqlx::query_as::<_, ClaimedJob>(concat!(
+            "WITH picked AS (
+                 SELECT id AS picked_id FROM menu_extraction_jobs
+                 WHERE status = 'queued'
+                 ORDER BY created_at, id
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE menu_extraction_jobs AS j
+             SET status = 'processing',
+                 started_at = now(),
+                 attempt = j.attempt + 1,
+                 worker_id = $2,
+                 lease_id = gen_random_uuid(),
+                 lease_duration_ms = $3,
+                 lease_expires_at = now() + $3 * INTERVAL '1 millisecond'
+             FROM picked
+             WHERE j.id = picked.picked_id
+             RETURNING ",
+            claimed_columns!()
+        ))
+        .bind(i64::from(request.max_jobs))
+        .bind(&request.worker_id)
+        .bind(millis(request.lease))
+        .fetch_all(&self.pool)
+        .await?;
+        jobs.sort_by_key(|claimed| (claimed.job.created_at, claimed.job.id.0));
+        Ok(jobs)
+    }
+
+    /// Extends a lease to `extend_by` from now (or the length it was claimed with).
+    pub async fn heartbeat(
+        &self,
+        lease: LeaseRef,
+        extend_by: Option<Duration>,
+    ) -> Result<Result<Renewed, LeaseRefusal>, StorageError> {
+        let renewed: Option<(DateTime<Utc>, bool)> = sqlx::query_as(
+            "UPDATE menu_extraction_jobs
+             SET lease_expires_at = now() + COALESCE($3, lease_duration_ms, 60000) * INTERVAL '1 millisecond'
+             WHERE id = $1 AND lease_id = $2 AND status = 'processing'
+             RETURNING lease_expires_at, cancel_requested",
+        )
+        .bind(lease.job_id)
+        .bind(lease.lease_id)
+        .bind(extend_by.map(millis))
+        .fetch_optional(&self.pool)
+        .await?;
+        match renewed {
+            Some((lease_expires_at, cancel_requested)) => Ok(Ok(Renewed {
+                lease_expires_at,
+                cancel_requested,
+            })),
+            None => Ok(Err(self.why_not(lease).await?)),
+        }
+    }
+
+    /// Completes the job under `completion.lease`: COMPLETED, or CANCELLED when its
+    /// owner asked for that meanwhile (the result is kept either way).
+    pub async fn complete_job(
+        &self,
+        completion: &Completion,
+    ) -> Result<Result<Job, LeaseRefusal>, StorageError> {
+        let job = sqlx::query_as::<_, Job>(concat!(
+            "UPDATE menu_extraction_jobs
+             SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END,
+                 result = $3, token_usage = $4, confidence = $5, uncertain_items = $6, superfluous_text = $7,
+                 completed_at = now(),
+                 processing_time = LEAST(EXTRACT(EPOCH FROM now() - started_at) * 1000, 2147483647)::integer,
+                 lease_expires_at = NULL
+             WHERE id = $1 AND lease_id = $2 AND status = 'processing'
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(completion.lease.job_id)
+        .bind(completion.lease.lease_id)
+        .bind(&completion.result)
+        .bind(&completion.token_usage)
+        .bind(completion.confidence)
+        .bind(&completion.uncertain_items)
+        .bind(&completion.superfluous_text)
+        .fetch_optional(&self.pool)
+        .await?;
+        match job {
+            Some(job) => Ok(Ok(job)),
+            None => Ok(Err(self.why_not(completion.lease).await?)),
+        }
+    }
+
+    /// Fails the job under `failure.lease`: FAILED, or CANCELLED when its owner
+    /// asked for that meanwhile.
+    pub async fn fail_job(
+        &self,
+        failure: &Failure,
+    ) -> Result<Result<Job, LeaseRefusal>, StorageError> {
+        let job = sqlx::query_as::<_, Job>(concat!(
+            "UPDATE menu_extraction_jobs
+             SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END,
+                 error_message = $3,
+                 completed_at = now(),
+                 processing_time = LEAST(EXTRACT(EPOCH FROM now() - started_at) * 1000, 2147483647)::integer,
+                 lease_expires_at = NULL
+             WHERE id = $1 AND lease_id = $2 AND status = 'processing'
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(failure.lease.job_id)
+        .bind(failure.lease.lease_id)
+        .bind(&failure.error_message)
+        .fetch_optional(&self.pool)
+        .await?;
+        match job {
+            Some(job) => Ok(Ok(job)),
+            None => Ok(Err(self.why_not(failure.lease).await?)),
+        }
+    }
+
+    /// Why a write under `lease` matched nothing. A finished job keeps the id of
+    /// the lease it finished under, so the worker that finished it hears
+    /// INVALID_STATUS, and every other lease (expired, requeued and reclaimed, or
+    /// never issued) hears LEASE_LOST.
+    async fn why_not(&self, lease: LeaseRef) -> Result<LeaseRefusal, StorageError> {
+        let row: Option<(String, Option<LeaseId>)> =
+            sqlx::query_as("SELECT status, lease_id FROM menu_extraction_jobs WHERE id = $1")
+                .bind(lease.job_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            None => LeaseRefusal::NotFound,
+            Some((_, current)) if current != Some(lease.lease_id) => LeaseRefusal::LeaseLost,
+            Some((status, _))
+                if matches!(
+                    JobStatus::parse(&status),
+                    Some(JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+                ) =>
+            {
+                LeaseRefusal::Finished(status)
+            }
+            Some(_) => LeaseRefusal::LeaseLost,
+        })
+    }
+
+    /// Ends up to 1,000 expired leases: each job goes back to QUEUED, or to FAILED
+    /// once it has been claimed `max_attempts` times, or to CANCELLED when its
+    /// owner asked for that. Safe to run in every server process at once: rows
+    /// another process (or a worker's CompleteJob) holds are skipped, and a
+    /// worker's late write then finds its lease gone.
+    pub async fn expire_leases(&self, max_attempts: i32) -> Result<Expired, StorageError> {
+        let outcomes: Vec<String> = sqlx::query_scalar(
+            "WITH expired AS (
+                 SELECT id FROM menu_extraction_jobs
+                 WHERE status = 'processing' AND lease_expires_at < now()
+                 ORDER BY lease_expires_at
+                 LIMIT 1000
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE menu_extraction_jobs AS j
+             SET status = CASE
+                     WHEN j.cancel_requested THEN 'cancelled'
+                     WHEN j.attempt >= $1 THEN 'failed'
+                     ELSE 'queued'
+                 END,
+                 error_message = CASE
+                     WHEN j.cancel_requested OR j.attempt < $1 THEN j.error_message
+                     ELSE format('lease expired after %s attempts (the most allowed is %s): '
+                                 'the last worker, %s, stopped renewing its lease',
+                                 j.attempt, $1, COALESCE(j.worker_id, 'unknown'))
+                 END,
+                 completed_at = CASE WHEN j.cancel_requested OR j.attempt >= $1 THEN now() END,
+                 -- A requeued job has no lease; a finished one keeps the id of the
+                 -- lease it ended under (see why_not).
+                 lease_id = CASE WHEN j.cancel_requested OR j.attempt >= $1 THEN j.lease_id END,
+                 lease_expires_at = NULL
+             FROM expired
+             WHERE j.id = expired.id
+             RETURNING j.status",
+        )
+        .bind(max_attempts)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut expired = Expired::default();
+        for status in outcomes {
+            match JobStatus::parse(&status) {
+                Some(JobStatus::Queued) => expired.requeued += 1,
+                Some(JobStatus::Failed) => expired.failed += 1,
+                _ => expired.cancelled += 1,
+            }
+        }
+        Ok(expired)
+    }
+}

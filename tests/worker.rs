@@ -1,0 +1,924 @@
+//! The worker protocol: claims that never overlap, long-poll woken by NOTIFY,
+//! leases that expire and are renewed, outcomes only under the current lease, and
+//! CancelJob.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{TestServer, error_info, submission};
+use jobq_proto::pb;
+use jobq_proto::pb::worker_service_client::WorkerServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+fn claim(worker: &str, max_jobs: i32, lease: Duration, wait: Duration) -> pb::ClaimJobsRequest {
+    pb::ClaimJobsRequest {
+        worker_id: worker.to_owned(),
+        max_jobs,
+        lease_duration: Some(lease.try_into().unwrap()),
+        wait: Some(wait.try_into().unwrap()),
+    }
+}
+
+fn complete(claimed: &pb::ClaimedJob) -> pb::CompleteJobRequest {
+    pb::CompleteJobRequest {
+        job_id: claimed.job.as_ref().unwrap().id.clone(),
+        lease_id: claimed.lease_id.clone(),
+        result: Some(prost_types::Struct::default()),
+        ..Default::default()
+    }
+}
+
+fn worker(server: &TestServer) -> WorkerServiceClient<Channel> {
+    WorkerServiceClient::new(server.channel())
+}
+
+async fn status_of(server: &TestServer, job_id: &str) -> (String, i32) {
+    sqlx::query_as("SELECT status, attempt FROM menu_extraction_jobs WHERE id = $1::uuid")
+        .bind(job_id)
+        .fetch_one(&server.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_thousand_jobs_eight_workers_each_job_claimed_and_completed_once() {
+    let server = TestServer::start().await;
+    let submitters = (0..20).map(|s| {
+        let mut client = server.raw();
+        async move {
+            for n in 0..100 {
+                client
+                    .submit_job(submission(Uuid::new_v4(), s * 100 + n))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    futures::future::join_all(submitters).await;
+    assert_eq!(server.job_count().await, 2000);
+
+    let workers = (0..8).map(|w| {
+        let mut client = WorkerServiceClient::new(server.channel());
+        tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let claimed = client
+                    .claim_jobs(claim(
+                        &format!("worker-{w}"),
+                        25,
+                        Duration::from_secs(300),
+                        Duration::ZERO,
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .jobs;
+                if claimed.is_empty() {
+                    return done;
+                }
+                for job in &claimed {
+                    let finished = client
+                        .complete_job(complete(job))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .job
+                        .unwrap();
+                    assert_eq!(finished.status(), pb::JobStatus::Completed);
+                    done.push(finished.id);
+                }
+            }
+        })
+    });
+    let mut all = Vec::new();
+    for worker in futures::future::join_all(workers).await {
+        all.extend(worker.unwrap());
+    }
+    assert_eq!(all.len(), 2000, "2000 completions");
+    assert_eq!(
+        all.iter().collect::<HashSet<_>>().len(),
+        2000,
+        "no job completed twice"
+    );
+    let left: (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status <> 'completed'), count(*) FILTER (WHERE attempt <> 1)
+         FROM menu_extraction_jobs",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, (0, 0), "none left, each claimed exactly once");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_worker_is_woken_by_the_notification() {
+    // The safety poll is a minute: a pickup within two seconds came from NOTIFY.
+    let server =
+        TestServer::start_configured(|config| config.claim_poll_interval = Duration::from_secs(60))
+            .await;
+    let mut parked = worker(&server);
+    let user = Uuid::new_v4();
+    let waiting = tokio::spawn(async move {
+        let answer = parked
+            .claim_jobs(claim(
+                "parked",
+                1,
+                Duration::from_secs(60),
+                Duration::from_secs(10),
+            ))
+            .await;
+        (answer, Instant::now())
+    });
+    // The scenario's spacing, not a wait for an event: the job is submitted a
+    // second after the claim, so its first look at the queue found nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut log = server.raw();
+    let mut probe = worker(&server);
+    let submitted_at = Instant::now();
+    let job = log
+        .submit_job(submission(user, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let (answer, woke_at) = waiting.await.unwrap();
+    let claimed = answer.unwrap().into_inner().jobs;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].job.as_ref().unwrap().id, job.id);
+    let pickup = woke_at - submitted_at;
+    assert!(pickup < Duration::from_secs(2), "picked up in {pickup:?}");
+
+    // With nothing queued, the wait ends with an empty list, not an error.
+    let started = Instant::now();
+    let none = probe
+        .claim_jobs(claim(
+            "probe",
+            1,
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+        ))
+        .await
+        .unwrap();
+    assert!(none.into_inner().jobs.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_vanished_workers_job_is_requeued_and_its_late_completion_refused() {
+    let server =
+        TestServer::start_configured(|config| config.reaper_interval = Duration::from_millis(100))
+            .await;
+    let user = Uuid::new_v4();
+    let job = server
+        .raw()
+        .submit_job(submission(user, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+
+    let mut vanished = worker(&server);
+    let first = vanished
+        .claim_jobs(claim("vanished", 1, Duration::from_secs(1), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].job.as_ref().unwrap().attempt, 1);
+
+    // Another worker parks; the expired lease puts the job back and wakes it.
+    let mut rescuer = worker(&server);
+    let second = rescuer
+        .claim_jobs(claim(
+            "rescuer",
+            1,
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(second.len(), 1);
+    let second_job = second[0].job.as_ref().unwrap();
+    assert_eq!(
+        (second_job.id.as_str(), second_job.attempt),
+        (job.id.as_str(), 2)
+    );
+    assert_ne!(second[0].lease_id, first[0].lease_id);
+    let done = rescuer
+        .complete_job(complete(&second[0]))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(done.status(), pb::JobStatus::Completed);
+    let version = done.version;
+
+    // The first worker comes back: refused, and nothing changes.
+    let late = vanished
+        .complete_job(pb::CompleteJobRequest {
+            result: Some(prost_types::Struct {
+                fields: [(
+                    "stale".to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::BoolValue(true)),
+                    },
+                )]
+                .into(),
+            }),
+            ..complete(&first[0])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert_eq!(error_info(&late).0, "LEASE_LOST", "{late:?}");
+    let late_fail = vanished
+        .fail_job(pb::FailJobRequest {
+            job_id: job.id.clone(),
+            lease_id: first[0].lease_id.clone(),
+            error_message: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&late_fail).0, "LEASE_LOST");
+    // The worker that finished it, reporting again, is told the job is finished.
+    let twice = rescuer
+        .complete_job(complete(&second[0]))
+        .await
+        .unwrap_err();
+    let (reason, metadata) = error_info(&twice);
+    assert_eq!(
+        (reason.as_str(), metadata["current_status"].as_str()),
+        ("INVALID_STATUS", "JOB_STATUS_COMPLETED")
+    );
+    let after = server
+        .raw()
+        .get_job(pb::GetJobRequest {
+            job_id: job.id.clone(),
+            user_id: user.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(
+        (after.status(), after.version),
+        (pb::JobStatus::Completed, version)
+    );
+    assert!(!after.result.unwrap().fields.contains_key("stale"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_lease_on_a_running_job_is_lease_lost() {
+    let server =
+        TestServer::start_configured(|config| config.reaper_interval = Duration::from_millis(100))
+            .await;
+    let user = Uuid::new_v4();
+    let job = server
+        .raw()
+        .submit_job(submission(user, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let mut slow = worker(&server);
+    let first = slow
+        .claim_jobs(claim("slow", 1, Duration::from_secs(1), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let mut fast = worker(&server);
+    let second = fast
+        .claim_jobs(claim(
+            "fast",
+            1,
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(second[0].job.as_ref().unwrap().id, job.id);
+
+    // While the second worker runs it, the first worker's lease is lost for every write.
+    for status in [
+        slow.complete_job(complete(&first[0])).await.unwrap_err(),
+        slow.fail_job(pb::FailJobRequest {
+            job_id: job.id.clone(),
+            lease_id: first[0].lease_id.clone(),
+            error_message: "late".into(),
+        })
+        .await
+        .unwrap_err(),
+        slow.heartbeat(pb::HeartbeatRequest {
+            job_id: job.id.clone(),
+            lease_id: first[0].lease_id.clone(),
+            extend_by: None,
+        })
+        .await
+        .unwrap_err(),
+        slow.complete_job(pb::CompleteJobRequest {
+            lease_id: Uuid::new_v4().to_string(),
+            ..complete(&first[0])
+        })
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(error_info(&status).0, "LEASE_LOST", "{status:?}");
+    }
+    assert_eq!(
+        status_of(&server, &job.id).await,
+        ("processing".to_owned(), 2)
+    );
+    let missing = slow
+        .complete_job(pb::CompleteJobRequest {
+            job_id: Uuid::new_v4().to_string(),
+            ..complete(&first[0])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&missing).0, "JOB_NOT_FOUND");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn after_the_last_allowed_expiry_the_job_fails_and_can_be_retried() {
+    let server =
+        TestServer::start_configured(|config| config.reaper_interval = Duration::from_millis(100))
+            .await;
+    let user = Uuid::new_v4();
+    let job = server
+        .raw()
+        .submit_job(submission(user, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let mut client = worker(&server);
+    // Three claims whose leases expire; each later claim waits for the requeue.
+    for attempt in 1..=3 {
+        let claimed = client
+            .claim_jobs(claim(
+                &format!("doomed-{attempt}"),
+                1,
+                Duration::from_secs(1),
+                Duration::from_secs(10),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        assert_eq!(claimed[0].job.as_ref().unwrap().attempt, attempt);
+    }
+    // Wait for the third expiry through the change feed's own channel.
+    let mut listener = sqlx::postgres::PgListener::connect(&server.db.url)
+        .await
+        .unwrap();
+    listener.listen("menu_extraction_jobs").await.unwrap();
+    while status_of(&server, &job.id).await.0 == "processing" {
+        listener.recv().await.unwrap();
+    }
+    let failed = server
+        .raw()
+        .get_job(pb::GetJobRequest {
+            job_id: job.id.clone(),
+            user_id: user.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(
+        (failed.status(), failed.attempt),
+        (pb::JobStatus::Failed, 3)
+    );
+    assert!(
+        failed
+            .error_message
+            .contains("lease expired after 3 attempts"),
+        "{}",
+        failed.error_message
+    );
+    assert!(
+        failed.error_message.contains("doomed-3"),
+        "{}",
+        failed.error_message
+    );
+
+    let retry = server
+        .raw()
+        .retry_job(pb::RetryJobRequest {
+            job_id: job.id.clone(),
+            user_id: user.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(
+        (retry.status(), retry.attempt, retry.retry_count),
+        (pb::JobStatus::Queued, 0, 1)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeats_keep_a_long_jobs_lease_alive() {
+    let server =
+        TestServer::start_configured(|config| config.reaper_interval = Duration::from_millis(100))
+            .await;
+    let user = Uuid::new_v4();
+    let job = server
+        .raw()
+        .submit_job(submission(user, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let mut client = worker(&server);
+    let claimed = client
+        .claim_jobs(claim("long", 1, Duration::from_secs(1), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let lease = claimed[0].lease_id.clone();
+    let first_expiry = claimed[0].lease_expires_at.unwrap();
+
+    // A job that runs three times its lease, renewing it every 300 ms.
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(300));
+    let mut last = first_expiry;
+    while started.elapsed() < Duration::from_secs(3) {
+        ticks.tick().await;
+        let renewed = client
+            .heartbeat(pb::HeartbeatRequest {
+                job_id: job.id.clone(),
+                lease_id: lease.clone(),
+                extend_by: None,
+            })
+            .await
+            .expect("the lease is still ours")
+            .into_inner();
+        assert!(!renewed.cancel_requested);
+        last = renewed.lease_expires_at.unwrap();
+    }
+    assert!(
+        (last.seconds, last.nanos) > (first_expiry.seconds + 2, first_expiry.nanos),
+        "the lease moved on"
+    );
+    assert_eq!(
+        status_of(&server, &job.id).await,
+        ("processing".to_owned(), 1)
+    );
+
+    // An explicit extension, then the outcome, still under the first lease.
+    let extended = client
+        .heartbeat(pb::HeartbeatRequest {
+            job_id: job.id.clone(),
+            lease_id: lease.clone(),
+            extend_by: Some(Duration::from_secs(600).try_into().unwrap()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(extended.lease_expires_at.unwrap().seconds >= last.seconds + 590);
+    let done = client
+        .complete_job(complete(&claimed[0]))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!((done.status(), done.attempt), (pb::JobStatus::Completed, 1));
+    let processing = done.processing_time.unwrap();
+    assert!(
+        processing.seconds >= 3,
+        "processing_time measured by the server: {processing:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn complete_and_fail_store_what_the_worker_reports() {
+    let server = TestServer::start().await;
+    let user = Uuid::new_v4();
+    let mut jobs = server.raw();
+    let a = jobs
+        .submit_job(submission(user, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let b = jobs
+        .submit_job(submission(user, 2))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let mut client = worker(&server);
+    let claimed = client
+        .claim_jobs(claim("w", 10, Duration::from_secs(60), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|c| c.job.as_ref().unwrap().id.clone())
+            .collect::<Vec<_>>(),
+        [a.id.clone(), b.id.clone()],
+        "oldest first"
+    );
+    assert!(claimed.iter().all(
+        |c| c.job.as_ref().unwrap().status() == pb::JobStatus::Processing
+            && c.job.as_ref().unwrap().started_at.is_some()
+    ));
+
+    let result = serde_json::json!({"items": [{"name": "Soup", "price": 4.5}], "currency": "EUR"});
+    let serde_json::Value::Object(result_object) = result.clone() else {
+        unreachable!()
+    };
+    let done = client
+        .complete_job(pb::CompleteJobRequest {
+            result: Some(jobq_proto::json::json_to_struct(result_object)),
+            token_usage: Some(pb::TokenUsage {
+                input_tokens: 1200,
+                output_tokens: 340,
+                model: "vision-large".into(),
+                cost_usd: 0.0123,
+                extras: None,
+            }),
+            confidence: Some(0.87),
+            uncertain_items: Some(jobq_proto::json::json_to_list(vec![serde_json::json!(
+                "Soup price"
+            )])),
+            superfluous_text: Some(jobq_proto::json::json_to_list(vec![serde_json::json!(
+                "Open daily"
+            )])),
+            ..complete(&claimed[0])
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(done.status(), pb::JobStatus::Completed);
+    assert_eq!(
+        jobq_proto::json::struct_to_json(done.result.unwrap()),
+        result
+    );
+    let usage = done.token_usage.unwrap();
+    assert_eq!(
+        (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.model.as_str(),
+            usage.cost_usd
+        ),
+        (1200, 340, "vision-large", 0.0123)
+    );
+    assert_eq!(done.confidence, Some(0.87));
+    assert_eq!(done.uncertain_items.unwrap().values.len(), 1);
+    assert!(done.completed_at.is_some() && done.processing_time.is_some());
+
+    let failed = client
+        .fail_job(pb::FailJobRequest {
+            job_id: b.id.clone(),
+            lease_id: claimed[1].lease_id.clone(),
+            error_message: "the photo is not a menu".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(
+        (failed.status(), failed.error_message.as_str()),
+        (pb::JobStatus::Failed, "the photo is not a menu")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_worker_requests_name_the_field_and_change_nothing() {
+    let server =
+        TestServer::start_configured(|config| config.worker_limits.max_document_bytes = 2048).await;
+    let user = Uuid::new_v4();
+    server.raw().submit_job(submission(user, 1)).await.unwrap();
+    let mut client = worker(&server);
+    let ok = claim("w", 1, Duration::from_secs(60), Duration::ZERO);
+    let claims = [
+        (
+            pb::ClaimJobsRequest {
+                worker_id: String::new(),
+                ..ok.clone()
+            },
+            "worker_id",
+        ),
+        (
+            pb::ClaimJobsRequest {
+                max_jobs: 0,
+                ..ok.clone()
+            },
+            "max_jobs",
+        ),
+        (
+            pb::ClaimJobsRequest {
+                max_jobs: 101,
+                ..ok.clone()
+            },
+            "max_jobs",
+        ),
+        (
+            pb::ClaimJobsRequest {
+                lease_duration: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 500_000_000,
+                }),
+                ..ok.clone()
+            },
+            "lease_duration",
+        ),
+        (
+            pb::ClaimJobsRequest {
+                lease_duration: Some(prost_types::Duration {
+                    seconds: 7200,
+                    nanos: 0,
+                }),
+                ..ok.clone()
+            },
+            "lease_duration",
+        ),
+        (
+            pb::ClaimJobsRequest {
+                wait: Some(prost_types::Duration {
+                    seconds: 31,
+                    nanos: 0,
+                }),
+                ..ok.clone()
+            },
+            "wait",
+        ),
+        (
+            pb::ClaimJobsRequest {
+                wait: Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                }),
+                ..ok.clone()
+            },
+            "wait",
+        ),
+    ];
+    for (request, field) in claims {
+        let status = client.claim_jobs(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            status.message().contains(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(
+        status_of_all(&server).await,
+        ["queued"],
+        "nothing was claimed"
+    );
+
+    let claimed = client.claim_jobs(ok).await.unwrap().into_inner().jobs;
+    let big = prost_types::Struct {
+        fields: [(
+            "text".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("x".repeat(4096))),
+            },
+        )]
+        .into(),
+    };
+    let completes = [
+        (
+            pb::CompleteJobRequest {
+                result: Some(big),
+                ..complete(&claimed[0])
+            },
+            "result",
+        ),
+        (
+            pb::CompleteJobRequest {
+                confidence: Some(1.5),
+                ..complete(&claimed[0])
+            },
+            "confidence",
+        ),
+        (
+            pb::CompleteJobRequest {
+                lease_id: "lease".into(),
+                ..complete(&claimed[0])
+            },
+            "lease_id",
+        ),
+        (
+            pb::CompleteJobRequest {
+                token_usage: Some(pb::TokenUsage {
+                    input_tokens: -1,
+                    ..Default::default()
+                }),
+                ..complete(&claimed[0])
+            },
+            "token_usage",
+        ),
+    ];
+    for (request, field) in completes {
+        let status = client.complete_job(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            status.message().contains(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    let empty_error = client
+        .fail_job(pb::FailJobRequest {
+            job_id: claimed[0].job.as_ref().unwrap().id.clone(),
+            lease_id: claimed[0].lease_id.clone(),
+            error_message: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(empty_error.message().contains("error_message"));
+    assert_eq!(
+        status_of_all(&server).await,
+        ["processing"],
+        "nothing was completed or failed"
+    );
+    server.stop().await;
+}
+
+async fn status_of_all(server: &TestServer) -> Vec<String> {
+    sqlx::query_scalar("SELECT status FROM menu_extraction_jobs ORDER BY created_at")
+        .fetch_all(&server.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cancel_queued_processing_and_finished_jobs() {
+    let server = TestServer::start().await;
+    let user = Uuid::new_v4();
+    let mut jobs = server.raw();
+    let queued = jobs
+        .submit_job(submission(user, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let cancel = |job_id: &str, user_id: Uuid| pb::CancelJobRequest {
+        job_id: job_id.to_owned(),
+        user_id: user_id.to_string(),
+    };
+
+    // Queued: cancelled at once, never claimed.
+    let cancelled = jobs
+        .cancel_job(cancel(&queued.id, user))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(cancelled.status(), pb::JobStatus::Cancelled);
+    assert!(cancelled.completed_at.is_some());
+    let mut client = worker(&server);
+    let nothing = client
+        .claim_jobs(claim("w", 10, Duration::from_secs(60), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(nothing.is_empty());
+
+    // Processing: marked; the worker sees it on heartbeat; its outcome settles it as cancelled.
+    let running = jobs
+        .submit_job(submission(user, 2))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let claimed = client
+        .claim_jobs(claim("w", 1, Duration::from_secs(60), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let marked = jobs
+        .cancel_job(cancel(&running.id, user))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(
+        (marked.status(), marked.cancel_requested),
+        (pb::JobStatus::Processing, true)
+    );
+    let beat = client
+        .heartbeat(pb::HeartbeatRequest {
+            job_id: running.id.clone(),
+            lease_id: claimed[0].lease_id.clone(),
+            extend_by: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(beat.cancel_requested);
+    let settled = client
+        .fail_job(pb::FailJobRequest {
+            job_id: running.id.clone(),
+            lease_id: claimed[0].lease_id.clone(),
+            error_message: "stopped: cancel requested".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(settled.status(), pb::JobStatus::Cancelled);
+
+    // A completing worker settles a cancel-requested job as cancelled too.
+    let third = jobs
+        .submit_job(submission(user, 3))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let claimed = client
+        .claim_jobs(claim("w", 1, Duration::from_secs(60), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    jobs.cancel_job(cancel(&third.id, user)).await.unwrap();
+    let settled = client
+        .complete_job(complete(&claimed[0]))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(settled.status(), pb::JobStatus::Cancelled);
+
+    // Finished: INVALID_STATUS with the status; another user's: NOT_FOUND.
+    for finished in [&queued.id, &running.id, &third.id] {
+        let status = jobs.cancel_job(cancel(finished, user)).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let (reason, metadata) = error_info(&status);
+        assert_eq!(
+            (reason.as_str(), metadata["current_status"].as_str()),
+            ("INVALID_STATUS", "JOB_STATUS_CANCELLED")
+        );
+    }
+    let other = jobs
+        .submit_job(submission(user, 4))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let status = jobs
+        .cancel_job(cancel(&other.id, Uuid::new_v4()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), error_info(&status).0.as_str()),
+        (Code::NotFound, "JOB_NOT_FOUND")
+    );
+    assert_eq!(status_of(&server, &other.id).await.0, "queued");
+    server.stop().await;
+}
