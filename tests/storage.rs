@@ -247,6 +247,31 @@ async fn one_notification_per_statement_with_every_changed_job() {
         payload,
         serde_json::json!({"op": "UPDATE", "jobs": [[job.id, user.to_string(), "failed", after.0]]})
     );
+
+    // A lease extension alone (what Heartbeat writes) is not a change: same
+    // version, no notification. The next notification is the next real change.
+    let heartbeat: i64 = sqlx::query_scalar(
+        "UPDATE menu_extraction_jobs SET lease_expires_at = now() + INTERVAL '1 minute'
+         WHERE id = $1::uuid RETURNING version",
+    )
+    .bind(&job.id)
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(heartbeat, after.0);
+    let cancelled: i64 = sqlx::query_scalar(
+        "UPDATE menu_extraction_jobs SET status = 'cancelled' WHERE id = $1::uuid RETURNING version",
+    )
+    .bind(&job.id)
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    let next = listener.recv().await.unwrap();
+    let payload: serde_json::Value = serde_json::from_str(next.payload()).unwrap();
+    assert_eq!(
+        payload,
+        serde_json::json!({"op": "UPDATE", "jobs": [[job.id, user.to_string(), "cancelled", cancelled]]})
+    );
     server.stop().await;
 }
 
@@ -313,5 +338,30 @@ async fn the_queries_use_their_indexes() {
         "{dedup}"
     );
     assert!(!dedup.contains("Sort"), "no sort: {dedup}");
+
+    // ClaimJobs takes the oldest queued jobs from the queue's partial index.
+    let claim = plan(
+        &server.pool,
+        "WITH picked AS (
+             SELECT id AS picked_id FROM menu_extraction_jobs WHERE status = 'queued'
+             ORDER BY created_at, id LIMIT 25 FOR UPDATE SKIP LOCKED)
+         UPDATE menu_extraction_jobs AS j SET status = 'processing'
+         FROM picked WHERE j.id = picked.picked_id RETURNING j.id",
+    )
+    .await;
+    assert!(
+        claim.contains("Index Scan using menu_extraction_jobs_queue"),
+        "{claim}"
+    );
+    assert!(!claim.contains("Sort"), "no sort: {claim}");
+
+    // Lease expiry finds processing jobs by lease end.
+    let expiry = plan(
+        &server.pool,
+        "SELECT id FROM menu_extraction_jobs WHERE status = 'processing' AND lease_expires_at < now()
+         ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED",
+    )
+    .await;
+    assert!(expiry.contains("menu_extraction_jobs_leases"), "{expiry}");
     server.stop().await;
 }

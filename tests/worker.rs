@@ -922,3 +922,27 @@ async fn cancel_queued_processing_and_finished_jobs() {
     assert_eq!(status_of(&server, &other.id).await.0, "queued");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_parked_claim_answers_before_the_callers_deadline() {
+    let server = TestServer::start().await;
+    let mut client = worker(&server);
+
+    // A 10 s wait under a 1 s deadline answers (empty) before the deadline.
+    let mut request = tonic::Request::new(claim(
+        "hurried",
+        1,
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+    ));
+    request.set_timeout(Duration::from_secs(1));
+    let started = Instant::now();
+    let answer = client
+        .claim_jobs(request)
+        .await
+        .expect("an answer, not DEADLINE_EXCEEDED");
+    assert!(answer.into_inner().jobs.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    server.stop().await;
+}

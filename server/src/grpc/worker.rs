@@ -75,6 +75,26 @@ impl WorkerApi {
     }
 }
 
+/// How long before the caller's deadline a parked ClaimJobs gives up waiting.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
+/// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`, unit
+/// one of H M S m u n).
+fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 /// The error for a write under a lease that did not apply.
 fn refused(refusal: LeaseRefusal, operation: &'static str) -> Status {
     match refusal {
@@ -111,7 +131,13 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::ClaimJobsRequest>,
     ) -> Result<Response<pb::ClaimJobsResponse>, Status> {
-        let request = ClaimRequest::parse(request.into_inner(), &self.limits)?;
+        let deadline = client_deadline(request.metadata());
+        let mut request = ClaimRequest::parse(request.into_inner(), &self.limits)?;
+        // Return before the caller gives up: jobs claimed for a caller that has
+        // left would sit leased until their lease expires.
+        if let Some(deadline) = deadline {
+            request.wait = request.wait.min(deadline.saturating_sub(DEADLINE_MARGIN));
+        }
         let claimed = self.claim_waiting(&request).await?;
         if !claimed.is_empty() {
             tracing::info!(worker_id = %request.worker_id, claimed = claimed.len(), "jobs claimed");
@@ -170,5 +196,26 @@ impl WorkerService for WorkerApi {
         Ok(Response::new(pb::FailJobResponse {
             job: Some(job.into()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grpc_timeouts() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(client_deadline(&metadata), None);
+        for (value, expected) in [
+            ("2S", Duration::from_secs(2)),
+            ("1500m", Duration::from_millis(1500)),
+            ("1M", Duration::from_secs(60)),
+        ] {
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            assert_eq!(client_deadline(&metadata), Some(expected), "{value}");
+        }
+        metadata.insert("grpc-timeout", "soon".parse().unwrap());
+        assert_eq!(client_deadline(&metadata), None);
     }
 }
