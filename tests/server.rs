@@ -240,15 +240,8 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
     use pb::admin_service_client::AdminServiceClient;
 
     let server = TestServer::start().await;
-    let mut jobs = server.raw();
     let mut admin = AdminServiceClient::new(server.channel());
     let codes = [
-        (
-            "WatchJobs",
-            jobs.watch_jobs(pb::WatchJobsRequest::default())
-                .await
-                .map(drop),
-        ),
         (
             "CreateApiKey",
             admin

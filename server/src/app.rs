@@ -14,11 +14,11 @@ use tonic_health::ServingStatus;
 
 use crate::config::Config;
 use crate::grpc::admin::AdminApi;
-use crate::grpc::jobs::JobQueueApi;
+use crate::grpc::jobs::{JobQueueApi, Watching};
 use crate::grpc::worker::WorkerApi;
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::RpcLogLayer;
-use crate::watch::{self as change_feed, ChangeFeed};
+use crate::watch::{self as change_feed, ChangeFeed, StreamSlots};
 use crate::{health, reaper};
 
 /// Why the server could not start or stopped with an error.
@@ -75,10 +75,16 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let feed = ChangeFeed::new();
         let listener_task = tokio::spawn(change_feed::listen(
+            storage.clone(),
             config.database_url.clone(),
             feed.clone(),
             stop_rx.clone(),
         ));
+        let watching = Watching {
+            feed: feed.clone(),
+            slots: StreamSlots::new(config.max_streams_per_user, config.max_streams),
+            stop: stop_rx.clone(),
+        };
         let reaper_task = tokio::spawn(reaper::run(
             storage.clone(),
             config.reaper_interval,
@@ -87,7 +93,7 @@ impl App {
         ));
         let worker_api = WorkerApi::new(
             storage.clone(),
-            feed,
+            feed.clone(),
             config.worker_limits,
             config.claim_poll_interval,
             stop_rx.clone(),
@@ -96,6 +102,7 @@ impl App {
             storage.clone(),
             health_reporter.clone(),
             config.health_interval,
+            feed.listening(),
             stop_rx.clone(),
         ));
 
@@ -108,6 +115,7 @@ impl App {
             .add_service(JobQueueServiceServer::new(JobQueueApi::new(
                 storage.clone(),
                 config.plans.clone(),
+                watching,
             )))
             .add_service(WorkerServiceServer::new(worker_api))
             .add_service(AdminServiceServer::new(AdminApi::new(

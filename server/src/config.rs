@@ -87,6 +87,12 @@ pub struct ServeArgs {
     /// superfluous text, token usage), in bytes.
     #[arg(long, env = "JOBQ_MAX_DOCUMENT_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
     pub max_document_bytes: u64,
+    /// Most WatchJobs streams open at once on this server.
+    #[arg(long, env = "JOBQ_MAX_STREAMS", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+    /// Most WatchJobs streams open at once for one user (all-users streams share one count).
+    #[arg(long, env = "JOBQ_MAX_STREAMS_PER_USER", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_user: u32,
     /// On SIGINT/SIGTERM, how long in-flight calls get to finish before the server
     /// exits anyway.
     #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -123,6 +129,10 @@ pub struct Config {
     pub reaper_interval: Duration,
     /// How often a parked ClaimJobs looks without a notification.
     pub claim_poll_interval: Duration,
+    /// Most WatchJobs streams open at once.
+    pub max_streams: usize,
+    /// Most WatchJobs streams open at once for one user.
+    pub max_streams_per_user: usize,
 }
 
 impl Config {
@@ -141,6 +151,8 @@ impl Config {
             max_attempts: 3,
             reaper_interval: Duration::from_secs(1),
             claim_poll_interval: Duration::from_secs(10),
+            max_streams: 20_000,
+            max_streams_per_user: 50,
         }
     }
 
@@ -164,6 +176,8 @@ impl Config {
             max_attempts: args.max_attempts,
             reaper_interval: args.reaper_interval,
             claim_poll_interval: args.claim_poll_interval,
+            max_streams: args.max_streams as usize,
+            max_streams_per_user: args.max_streams_per_user as usize,
         })
     }
 }

@@ -17,6 +17,8 @@ use crate::job::{
 use crate::page_token::PageToken;
 use crate::plans::Plans;
 use crate::quota::{QuotaStatus, Refusal, Window};
+use crate::resume::Position;
+use crate::storage::changes::WatchFilter;
 
 /// Longest accepted `image_url`, in bytes.
 pub const MAX_IMAGE_URL_LEN: usize = 2048;
@@ -539,6 +541,60 @@ impl TryFrom<pb::FailJobRequest> for Failure {
             })
         })
     }
+}
+
+/// Most job_ids one WatchJobs stream may name.
+pub const MAX_WATCHED_JOBS: usize = 1000;
+
+fn watched_jobs(ids: &[String]) -> Result<Vec<JobId>, String> {
+    if ids.len() > MAX_WATCHED_JOBS {
+        return Err(format!(
+            "at most {MAX_WATCHED_JOBS} jobs per stream, got {}",
+            ids.len()
+        ));
+    }
+    let mut parsed = ids
+        .iter()
+        .map(|id| uuid(id).map(JobId))
+        .collect::<Result<Vec<_>, _>>()?;
+    parsed.sort_by_key(|id| id.0);
+    parsed.dedup();
+    Ok(parsed)
+}
+
+/// A validated WatchJobs request: what to watch, and where to resume.
+pub fn watch_request(
+    request: pb::WatchJobsRequest,
+) -> Result<(WatchFilter, Option<Position>), Error> {
+    let pb::WatchJobsRequest {
+        user_id,
+        job_ids,
+        resume_token,
+    } = request;
+    let mut v = Violations::default();
+    let user_id = if user_id.is_empty() {
+        Some(None)
+    } else {
+        v.check("user_id", uuid(&user_id)).map(|u| Some(UserId(u)))
+    };
+    let job_ids = v.check("job_ids", watched_jobs(&job_ids));
+    let resume = v.check(
+        "resume_token",
+        if resume_token.is_empty() {
+            Ok(None)
+        } else {
+            crate::resume::decode(&resume_token).map(Some)
+        },
+    );
+    v.finish(|| {
+        Some((
+            WatchFilter {
+                user_id: user_id?,
+                job_ids: job_ids?,
+            },
+            resume?,
+        ))
+    })
 }
 
 fn window(window: &Window) -> pb::QuotaWindow {

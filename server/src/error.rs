@@ -106,6 +106,18 @@ pub enum Error {
         /// The job's status.
         current: pb::JobStatus,
     },
+    /// Too many WatchJobs streams are open.
+    #[error("too many open watch streams ({scope} limit {limit}); close one or try again later")]
+    TooManyStreams {
+        /// Which cap: "user" or "server".
+        scope: &'static str,
+        /// The cap.
+        limit: usize,
+    },
+    /// The server is shutting down; a stream should reconnect (to another server)
+    /// with its last resume token.
+    #[error("the server is shutting down; reconnect with the last resume_token received")]
+    ServerStopping,
     /// The database could not be reached; the call may be retried.
     #[error("database unavailable")]
     Unavailable(#[source] StorageError),
@@ -179,6 +191,8 @@ impl Error {
             Self::MaxRetriesExceeded { .. } => "MAX_RETRIES_EXCEEDED",
             Self::InvalidStatus { .. } => "INVALID_STATUS",
             Self::LeaseLost => "LEASE_LOST",
+            Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
+            Self::ServerStopping => "SERVER_STOPPING",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Self::Aborted(_) => "CONCURRENT_CHANGE",
             Self::Internal(_) => "INTERNAL",
@@ -189,7 +203,10 @@ impl Error {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::JobNotFound => Code::NotFound,
-            Self::QuotaExceeded { .. } | Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::QuotaExceeded { .. } | Self::RateLimited { .. } | Self::TooManyStreams { .. } => {
+                Code::ResourceExhausted
+            }
+            Self::ServerStopping => Code::Unavailable,
             Self::MaxRetriesExceeded { .. } | Self::InvalidStatus { .. } | Self::LeaseLost => {
                 Code::FailedPrecondition
             }
@@ -228,7 +245,12 @@ impl From<Error> for Status {
                 }
                 error.to_string()
             }
-            Error::JobNotFound | Error::LeaseLost => error.to_string(),
+            Error::JobNotFound | Error::LeaseLost | Error::ServerStopping => error.to_string(),
+            Error::TooManyStreams { scope, limit } => {
+                put("scope", (*scope).to_owned());
+                put("limit", limit.to_string());
+                error.to_string()
+            }
             Error::QuotaExceeded {
                 user_id,
                 plan,

@@ -24,12 +24,14 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Pings the database every `interval` and reports SERVING or NOT_SERVING on each
-/// change, until `shutdown` turns true; then reports NOT_SERVING for good.
+/// Pings the database every `interval` and reports SERVING while it answers and
+/// the change feed is listening (`listening`), NOT_SERVING otherwise, until
+/// `shutdown` turns true; then reports NOT_SERVING for good.
 pub async fn probe(
     storage: Storage,
     reporter: HealthReporter,
     interval: Duration,
+    mut listening: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     // A ping that takes longer than this counts as a failure.
@@ -37,10 +39,16 @@ pub async fn probe(
     let mut serving = None;
     loop {
         let answer = tokio::time::timeout(deadline, storage.ping()).await;
-        let ok = matches!(answer, Ok(Ok(())));
+        let feed_up = *listening.borrow_and_update();
+        let ok = matches!(answer, Ok(Ok(()))) && feed_up;
         if serving != Some(ok) {
             match &answer {
-                Ok(Ok(())) => tracing::info!("database answers: serving"),
+                Ok(Ok(())) if !feed_up => {
+                    tracing::warn!("change feed is not listening: not serving")
+                }
+                Ok(Ok(())) => {
+                    tracing::info!("database answers and the change feed listens: serving")
+                }
                 Ok(Err(error)) => tracing::warn!(%error, "database does not answer: not serving"),
                 Err(_) => tracing::warn!(
                     timeout_ms = deadline.as_millis(),
@@ -57,6 +65,7 @@ pub async fn probe(
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
+            _ = listening.changed() => {}
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }

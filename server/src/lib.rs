@@ -21,6 +21,7 @@ pub mod page_token;
 pub mod plans;
 pub mod quota;
 pub mod reaper;
+pub mod resume;
 pub mod storage;
 pub mod telemetry;
 pub mod watch;

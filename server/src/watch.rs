@@ -1,24 +1,92 @@
-//! The change feed: one `LISTEN menu_extraction_jobs` connection per server
-//! process, fanned out in memory.
+//! The change feed and WatchJobs streams.
 //!
-//! Today it wakes parked `ClaimJobs` callers: every notification that mentions a
-//! queued job (a new job, or one returned to the queue by lease expiry) bumps a
-//! counter that parked callers watch. Notifications are lossy while the listener
-//! reconnects, so every (re)connection bumps the counter too: a woken caller looks
-//! at the table, which is the source of truth, never at the notification.
+//! One `LISTEN menu_extraction_jobs` connection per server process. A notification
+//! is only a hint: the feed then reads, in one query, every job changed since the
+//! snapshot it last read at (see [`crate::resume`]), and broadcasts that batch to
+//! every stream. The table, not the payload, is the source of truth, so nothing
+//! depends on notifications arriving: a reconnection (notifications lost while
+//! deaf) is just another "read what changed since".
+//!
+//! Streams share one bounded ring of batches (`tokio::sync::broadcast`): an idle
+//! stream is a cursor in it, with no task, connection or query of its own. A
+//! stream whose client reads too slowly falls off the ring (`Lagged`) and catches
+//! up with one query of its own from its position; it never blocks the feed or
+//! other streams.
+//!
+//! The feed also wakes parked `ClaimJobs` calls: every notification that mentions
+//! a queued job bumps a counter they watch.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jobq_proto::pb;
 use sqlx::postgres::PgListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+use tokio_stream::Stream;
+use tonic::Status;
+
+use crate::error::Error;
+use crate::job::{JobId, UserId};
+use crate::resume::{self, Position, Snapshot};
+use crate::storage::Storage;
+use crate::storage::changes::{ChangedJob, WatchFilter};
 
 /// The channel the job table's triggers notify.
 pub const CHANNEL: &str = "menu_extraction_jobs";
 
-/// In-memory fan-out of the job table's notifications.
+/// Batches the ring keeps for streams that read slowly.
+const RING: usize = 1024;
+
+/// One job of a batch, converted once for every stream.
+#[derive(Debug, Clone)]
+pub struct BatchJob {
+    /// The job as committed.
+    pub job: pb::Job,
+    /// Its id, for filters.
+    pub id: JobId,
+    /// Its owner, for filters.
+    pub user_id: Option<UserId>,
+    /// The transaction that changed it.
+    pub xid: u64,
+    /// Its version.
+    pub version: u64,
+    /// Whether this state is its creation.
+    pub created: bool,
+}
+
+impl From<ChangedJob> for BatchJob {
+    fn from(changed: ChangedJob) -> Self {
+        let xid = changed.xid();
+        let ChangedJob { job, .. } = changed;
+        Self {
+            id: job.id,
+            user_id: job.user_id,
+            xid,
+            version: u64::try_from(job.version).unwrap_or_default(),
+            created: job.created_at == job.updated_at,
+            job: job.into(),
+        }
+    }
+}
+
+/// Every job changed after `from` and visible in `to`, by version.
+#[derive(Debug)]
+pub struct Batch {
+    /// The feed's position before the batch.
+    pub from: Snapshot,
+    /// The snapshot the batch was read at.
+    pub to: Snapshot,
+    /// The changed jobs.
+    pub jobs: Vec<BatchJob>,
+}
+
+/// In-memory fan-out of the job table's changes.
 #[derive(Debug, Clone)]
 pub struct ChangeFeed {
     queued: watch::Sender<u64>,
+    batches: broadcast::Sender<Arc<Batch>>,
+    listening: watch::Sender<bool>,
 }
 
 impl Default for ChangeFeed {
@@ -32,6 +100,8 @@ impl ChangeFeed {
     pub fn new() -> Self {
         Self {
             queued: watch::Sender::new(0),
+            batches: broadcast::Sender::new(RING),
+            listening: watch::Sender::new(false),
         }
     }
 
@@ -46,6 +116,11 @@ impl ChangeFeed {
     /// Signals that queued work may exist.
     pub fn wake_claimers(&self) {
         self.queued.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether the feed's LISTEN connection is up (health reports it).
+    pub fn listening(&self) -> watch::Receiver<bool> {
+        self.listening.subscribe()
     }
 
     /// Handles one notification payload (see the migrations for its shape).
@@ -65,11 +140,45 @@ impl ChangeFeed {
             self.wake_claimers();
         }
     }
+
+    /// Reads what changed since `position` and broadcasts it; returns the new
+    /// position. With no stream subscribed it only moves the position on (a stream
+    /// that subscribes later reads from its own snapshot).
+    async fn refresh(
+        &self,
+        storage: &Storage,
+        position: Option<Snapshot>,
+    ) -> Result<Snapshot, crate::storage::StorageError> {
+        let from = match position {
+            Some(from) if self.batches.receiver_count() > 0 => from,
+            _ => return storage.current_snapshot().await,
+        };
+        let (jobs, to) = storage
+            .changes_since(&Position::at(from.clone()), &WatchFilter::default())
+            .await?;
+        if !jobs.is_empty() || from != to {
+            let batch = Batch {
+                from,
+                to: to.clone(),
+                jobs: jobs.into_iter().map(BatchJob::from).collect(),
+            };
+            // No receiver left is fine: nobody is watching.
+            let _ = self.batches.send(Arc::new(batch));
+        }
+        Ok(to)
+    }
 }
 
-/// Listens on [`CHANNEL`] until `stop` turns true, reconnecting with backoff.
-pub async fn listen(database_url: String, feed: ChangeFeed, mut stop: watch::Receiver<bool>) {
+/// Listens on [`CHANNEL`] and feeds `feed` until `stop` turns true, reconnecting
+/// with backoff; while it is not listening, health reports NOT_SERVING.
+pub async fn listen(
+    storage: Storage,
+    database_url: String,
+    feed: ChangeFeed,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
+    let mut position: Option<Snapshot> = None;
     loop {
         let connected = async {
             let mut listener = PgListener::connect(&database_url).await?;
@@ -78,7 +187,7 @@ pub async fn listen(database_url: String, feed: ChangeFeed, mut stop: watch::Rec
         };
         let connected = tokio::select! {
             result = connected => result,
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = stop.wait_for(|stop| *stop) => break,
         };
         let mut listener = match connected {
             Ok(listener) => listener,
@@ -86,34 +195,353 @@ pub async fn listen(database_url: String, feed: ChangeFeed, mut stop: watch::Rec
                 tracing::warn!(%error, retry_ms = backoff.as_millis(), "change feed cannot listen");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|stop| *stop) => return,
+                    _ = stop.wait_for(|stop| *stop) => break,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         tracing::info!(channel = CHANNEL, "change feed listening");
+        feed.listening.send_replace(true);
         backoff = Duration::from_millis(100);
-        // Whatever was notified before this connection listened was missed.
+        // Whatever changed while the feed was deaf is read from the table now.
         feed.wake_claimers();
+        let mut dirty = true;
         loop {
+            if dirty {
+                match feed.refresh(&storage, position.clone()).await {
+                    Ok(next) => {
+                        position = Some(next);
+                        dirty = false;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "change feed cannot read changes; retrying")
+                    }
+                }
+            }
+            // After a failed read, try again soon even if nothing is notified.
+            let retry = if dirty {
+                backoff
+            } else {
+                Duration::from_secs(3600)
+            };
             tokio::select! {
                 received = listener.try_recv() => match received {
-                    Ok(Some(notification)) => feed.on_notification(notification.payload()),
+                    Ok(Some(notification)) => {
+                        feed.on_notification(notification.payload());
+                        while let Some(more) = listener.next_buffered() {
+                            feed.on_notification(more.payload());
+                        }
+                        dirty = true;
+                    }
                     Ok(None) => {
-                        // The connection was lost; the next try_recv reconnects.
-                        // Notifications sent meanwhile are gone: look at the table.
                         tracing::warn!("change feed lost its connection; reconnecting");
-                        feed.wake_claimers();
+                        break;
                     }
                     Err(error) => {
                         tracing::warn!(%error, "change feed failed; reconnecting");
                         break;
                     }
                 },
-                _ = stop.wait_for(|stop| *stop) => return,
+                () = tokio::time::sleep(retry) => {}
+                _ = stop.wait_for(|stop| *stop) => {
+                    feed.listening.send_replace(false);
+                    return;
+                }
             }
         }
+        feed.listening.send_replace(false);
+        feed.wake_claimers();
+    }
+    feed.listening.send_replace(false);
+}
+
+/// Caps on open streams, per user (all-users streams count under one key) and in
+/// total.
+#[derive(Debug)]
+pub struct StreamSlots {
+    per_user: usize,
+    total: usize,
+    open: Mutex<(usize, HashMap<Option<UserId>, usize>)>,
+}
+
+/// An open stream's place under the caps; dropping it frees the place.
+#[derive(Debug)]
+pub struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    user: Option<UserId>,
+}
+
+impl StreamSlots {
+    /// Caps of `per_user` and `total` open streams.
+    pub fn new(per_user: usize, total: usize) -> Arc<Self> {
+        Arc::new(Self {
+            per_user,
+            total,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A place for one more stream of `user`, or why not.
+    pub fn acquire(self: &Arc<Self>, user: Option<UserId>) -> Result<StreamSlot, Error> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, per_user) = &mut *open;
+        if *total >= self.total {
+            return Err(Error::TooManyStreams {
+                scope: "server",
+                limit: self.total,
+            });
+        }
+        let count = per_user.entry(user).or_default();
+        if *count >= self.per_user {
+            return Err(Error::TooManyStreams {
+                scope: "user",
+                limit: self.per_user,
+            });
+        }
+        *count += 1;
+        *total += 1;
+        Ok(StreamSlot {
+            slots: self.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, per_user) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(count) = per_user.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_user.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// One WatchJobs stream.
+pub struct WatchStream {
+    storage: Storage,
+    filter: WatchFilter,
+    batches: broadcast::Receiver<Arc<Batch>>,
+    /// Everything visible here was delivered (or queued in `pending`).
+    position: Snapshot,
+    pending: VecDeque<pb::WatchJobsResponse>,
+    stop: watch::Receiver<bool>,
+    ended: bool,
+    _slot: StreamSlot,
+}
+
+fn event(job: pb::Job, kind: pb::WatchEventKind, resume_token: String) -> pb::WatchJobsResponse {
+    pb::WatchJobsResponse {
+        job: Some(job),
+        kind: kind.into(),
+        resume_token,
+    }
+}
+
+fn change_kind(created: bool) -> pb::WatchEventKind {
+    if created {
+        pb::WatchEventKind::Created
+    } else {
+        pb::WatchEventKind::Updated
+    }
+}
+
+impl WatchStream {
+    /// A stream that starts with the current state of the jobs `filter` names (or
+    /// its unfinished jobs), then follows every change.
+    pub async fn fresh(
+        storage: Storage,
+        feed: &ChangeFeed,
+        filter: WatchFilter,
+        slot: StreamSlot,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Self, Error> {
+        // Subscribe first: every batch sent from now on starts at or before the
+        // snapshot read below.
+        let batches = feed.batches.subscribe();
+        let (jobs, at) = storage.watch_snapshot(&filter).await?;
+        if !filter.job_ids.is_empty() && jobs.len() < filter.job_ids.len() {
+            return Err(Error::JobNotFound);
+        }
+        let last = jobs.len();
+        let token = resume::encode(&Position::at(at.clone()));
+        let pending = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, changed)| {
+                // A stream cut during its snapshot starts again without a token.
+                let resume_token = if i + 1 == last {
+                    token.clone()
+                } else {
+                    String::new()
+                };
+                event(
+                    changed.job.into(),
+                    pb::WatchEventKind::Snapshot,
+                    resume_token,
+                )
+            })
+            .collect();
+        Ok(Self {
+            storage,
+            filter,
+            batches,
+            position: at,
+            pending,
+            stop,
+            ended: false,
+            _slot: slot,
+        })
+    }
+
+    /// A stream that continues after `from`: every change the client missed, then
+    /// every new one.
+    pub async fn resumed(
+        storage: Storage,
+        feed: &ChangeFeed,
+        filter: WatchFilter,
+        from: Position,
+        slot: StreamSlot,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Self, Error> {
+        let batches = feed.batches.subscribe();
+        let mut stream = Self {
+            storage,
+            filter,
+            batches,
+            position: from.base.clone(),
+            pending: VecDeque::new(),
+            stop,
+            ended: false,
+            _slot: slot,
+        };
+        stream.catch_up(from).await?;
+        Ok(stream)
+    }
+
+    /// Reads from the table everything after `from` that the filter matches.
+    async fn catch_up(&mut self, from: Position) -> Result<(), Error> {
+        let (jobs, to) = self.storage.changes_since(&from, &self.filter).await?;
+        let exact = from.within.is_none();
+        let jobs: Vec<BatchJob> = jobs.into_iter().map(BatchJob::from).collect();
+        self.queue_changes(jobs, &from.base, &to, exact, &from);
+        self.position = to;
+        Ok(())
+    }
+
+    /// Queues `jobs` (changed after `base`, visible in `to`, by version) with
+    /// their resume tokens: each token resumes right after its own event. After
+    /// a resume from inside a batch (`exact` false), tokens before the last one
+    /// repeat `from` (resuming there may repeat some of these events).
+    fn queue_changes(
+        &mut self,
+        jobs: Vec<BatchJob>,
+        base: &Snapshot,
+        to: &Snapshot,
+        exact: bool,
+        from: &Position,
+    ) {
+        let last = jobs.len();
+        for (i, job) in jobs.into_iter().enumerate() {
+            let position = if i + 1 == last {
+                Position::at(to.clone())
+            } else if exact {
+                Position {
+                    base: base.clone(),
+                    within: Some((job.version, to.clone())),
+                }
+            } else {
+                from.clone()
+            };
+            self.pending.push_back(event(
+                job.job,
+                change_kind(job.created),
+                resume::encode(&position),
+            ));
+        }
+    }
+
+    /// Applies one batch of the feed.
+    async fn apply(&mut self, batch: Arc<Batch>) -> Result<(), Error> {
+        if !batch.from.is_within(&self.position) {
+            // The feed moved on without this stream seeing it: read the gap.
+            return self.catch_up(Position::at(self.position.clone())).await;
+        }
+        if !self.position.is_within(&batch.to) {
+            // A batch from before this stream's position: nothing new in it.
+            return Ok(());
+        }
+        let jobs: Vec<BatchJob> = batch
+            .jobs
+            .iter()
+            .filter(|job| {
+                !self.position.sees(job.xid)
+                    && self
+                        .filter
+                        .user_id
+                        .is_none_or(|user| job.user_id == Some(user))
+                    && (self.filter.job_ids.is_empty() || self.filter.job_ids.contains(&job.id))
+            })
+            .cloned()
+            .collect();
+        let base = self.position.clone();
+        let from = Position::at(base.clone());
+        self.queue_changes(jobs, &base, &batch.to, true, &from);
+        self.position = batch.to.clone();
+        Ok(())
+    }
+
+    /// The next event, or the status the stream ends with.
+    async fn next(&mut self) -> Option<Result<pb::WatchJobsResponse, Status>> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
+            }
+            let received = tokio::select! {
+                received = self.batches.recv() => Some(received),
+                _ = self.stop.wait_for(|stop| *stop) => None,
+            };
+            let outcome = match received {
+                Some(Ok(batch)) => self.apply(batch).await,
+                Some(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                    tracing::info!(
+                        missed,
+                        "watch stream fell behind; catching up from the table"
+                    );
+                    self.catch_up(Position::at(self.position.clone())).await
+                }
+                Some(Err(broadcast::error::RecvError::Closed)) | None => Err(Error::ServerStopping),
+            };
+            if let Err(error) = outcome {
+                self.ended = true;
+                return Some(Err(error.into()));
+            }
+        }
+    }
+
+    /// The stream of events.
+    pub fn into_stream(
+        self,
+    ) -> impl Stream<Item = Result<pb::WatchJobsResponse, Status>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut stream| async move {
+            let item = stream.next().await?;
+            Some((item, stream))
+        })
     }
 }
 
@@ -137,5 +565,28 @@ mod tests {
             seen.has_changed().unwrap(),
             "an unreadable payload makes claimers look"
         );
+    }
+
+    #[test]
+    fn stream_caps_hold_per_user_and_in_total() {
+        let slots = StreamSlots::new(2, 3);
+        let alice = Some(UserId(uuid::Uuid::new_v4()));
+        let bob = Some(UserId(uuid::Uuid::new_v4()));
+        let a1 = slots.acquire(alice).unwrap();
+        let _a2 = slots.acquire(alice).unwrap();
+        assert!(matches!(
+            slots.acquire(alice),
+            Err(Error::TooManyStreams { scope: "user", .. })
+        ));
+        let _b1 = slots.acquire(bob).unwrap();
+        assert!(matches!(
+            slots.acquire(None),
+            Err(Error::TooManyStreams {
+                scope: "server",
+                ..
+            })
+        ));
+        drop(a1);
+        assert!(slots.acquire(alice).is_ok());
     }
 }

@@ -5,33 +5,50 @@ use std::sync::Arc;
 
 use jobq_proto::pb;
 use jobq_proto::pb::job_queue_service_server::JobQueueService;
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::not_built_yet;
-use crate::convert::{JobRef, status_to_pb};
+use crate::convert::{self, JobRef, status_to_pb};
 use crate::error::Error;
 use crate::job::{ListCursor, ListQuery, NewJob, UserId};
 use crate::page_token::PageToken;
 use crate::plans::Plans;
 use crate::storage::Storage;
 use crate::storage::jobs::{CancelOutcome, RetryOutcome, SubmitOutcome};
+use crate::watch::{ChangeFeed, StreamSlots, WatchStream};
 
 /// Most retries of one submission: RetryJob refuses a failed job whose
 /// `retry_count` has reached it.
 pub const MAX_RETRIES: i32 = 3;
+
+/// What WatchJobs streams share: the change feed, the caps, and the shutdown signal.
+#[derive(Debug, Clone)]
+pub struct Watching {
+    /// The process's change feed.
+    pub feed: ChangeFeed,
+    /// Caps on open streams.
+    pub slots: Arc<StreamSlots>,
+    /// Turns true when the server shuts down; streams then end with UNAVAILABLE.
+    pub stop: watch::Receiver<bool>,
+}
 
 /// Submits and reads jobs.
 #[derive(Debug, Clone)]
 pub struct JobQueueApi {
     storage: Storage,
     plans: Arc<Plans>,
+    watch: Watching,
 }
 
 impl JobQueueApi {
-    /// The service over `storage`, judging limits by `plans`.
-    pub fn new(storage: Storage, plans: Arc<Plans>) -> Self {
-        Self { storage, plans }
+    /// The service over `storage`, judging limits by `plans`, streaming from `watch`.
+    pub fn new(storage: Storage, plans: Arc<Plans>, watch: Watching) -> Self {
+        Self {
+            storage,
+            plans,
+            watch,
+        }
     }
 }
 
@@ -182,8 +199,18 @@ impl JobQueueService for JobQueueApi {
 
     async fn watch_jobs(
         &self,
-        _: Request<pb::WatchJobsRequest>,
+        request: Request<pb::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
-        Err(not_built_yet("WatchJobs"))
+        let (filter, resume) = convert::watch_request(request.into_inner())?;
+        let slot = self.watch.slots.acquire(filter.user_id)?;
+        let storage = self.storage.clone();
+        let stop = self.watch.stop.clone();
+        let stream = match resume {
+            None => WatchStream::fresh(storage, &self.watch.feed, filter, slot, stop).await?,
+            Some(from) => {
+                WatchStream::resumed(storage, &self.watch.feed, filter, from, slot, stop).await?
+            }
+        };
+        Ok(Response::new(Box::pin(stream.into_stream())))
     }
 }

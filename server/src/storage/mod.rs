@@ -13,6 +13,7 @@ macro_rules! job_columns {
     };
 }
 
+pub mod changes;
 pub mod jobs;
 pub mod leases;
 pub mod usage;
