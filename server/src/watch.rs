@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobq_proto::pb;
-use sqlx::postgres::PgListener;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
 use tonic::Status;
@@ -34,6 +36,9 @@ use crate::storage::changes::{ChangedJob, WatchFilter};
 
 /// The channel the job table's triggers notify.
 pub const CHANNEL: &str = "menu_extraction_jobs";
+
+/// The `application_name` of the change feed's LISTEN connection.
+pub const LISTENER_NAME: &str = "jobq-change-feed";
 
 /// Batches the ring keeps for streams that read slowly.
 const RING: usize = 1024;
@@ -156,6 +161,7 @@ impl ChangeFeed {
         let (jobs, to) = storage
             .changes_since(&Position::at(from.clone()), &WatchFilter::default())
             .await?;
+        tracing::debug!(jobs = jobs.len(), from = %from, to = %to, streams = self.batches.receiver_count(), "change feed read");
         if !jobs.is_empty() || from != to {
             let batch = Batch {
                 from,
@@ -181,7 +187,15 @@ pub async fn listen(
     let mut position: Option<Snapshot> = None;
     loop {
         let connected = async {
-            let mut listener = PgListener::connect(&database_url).await?;
+            // A connection of its own, named so that operators (and tests) can
+            // find it in pg_stat_activity.
+            let options =
+                PgConnectOptions::from_str(&database_url)?.application_name(LISTENER_NAME);
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?;
+            let mut listener = PgListener::connect_with(&pool).await?;
             listener.listen(CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)
         };
@@ -228,6 +242,7 @@ pub async fn listen(
             tokio::select! {
                 received = listener.try_recv() => match received {
                     Ok(Some(notification)) => {
+                        tracing::trace!(payload = notification.payload(), "notified");
                         feed.on_notification(notification.payload());
                         while let Some(more) = listener.next_buffered() {
                             feed.on_notification(more.payload());
@@ -235,8 +250,12 @@ pub async fn listen(
                         dirty = true;
                     }
                     Ok(None) => {
-                        tracing::warn!("change feed lost its connection; reconnecting");
-                        break;
+                        // The connection was lost and has been re-established
+                        // (eager reconnect); what was notified meanwhile is gone,
+                        // so read what changed from the table.
+                        tracing::warn!("change feed lost its connection and reconnected; catching up");
+                        feed.wake_claimers();
+                        dirty = true;
                     }
                     Err(error) => {
                         tracing::warn!(%error, "change feed failed; reconnecting");

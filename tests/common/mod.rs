@@ -143,6 +143,13 @@ impl TestServer {
 
     /// A server over `db` with `config`.
     pub async fn start_with_config(db: TestDb, config: Config) -> Self {
+        // JOBQ_TEST_LOG=debug (any filter) shows the server's logs while debugging a test.
+        if let Ok(filter) = std::env::var("JOBQ_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let app = App::prepare(config).await.expect("server starts");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
@@ -331,4 +338,115 @@ where
         answers.push(task.await.expect("task"));
     }
     answers
+}
+
+/// A WatchJobs stream and what it has shown so far.
+pub struct Watcher {
+    stream: tonic::Streaming<pb::WatchJobsResponse>,
+    /// Each job's latest state seen.
+    pub view: std::collections::HashMap<String, pb::Job>,
+    /// Each job's versions, in the order they arrived.
+    pub versions: std::collections::HashMap<String, Vec<i64>>,
+    /// Every event, in order.
+    pub events: Vec<pb::WatchJobsResponse>,
+    /// The last non-empty resume token.
+    pub token: String,
+}
+
+impl Watcher {
+    /// Opens a stream with `request`.
+    pub async fn open(
+        client: &mut JobQueueServiceClient<Channel>,
+        request: pb::WatchJobsRequest,
+    ) -> Self {
+        let stream = client
+            .watch_jobs(request)
+            .await
+            .expect("the stream opens")
+            .into_inner();
+        Self {
+            stream,
+            view: Default::default(),
+            versions: Default::default(),
+            events: Vec::new(),
+            token: String::new(),
+        }
+    }
+
+    /// The next event (panics after 30 s without one: a stuck stream is a failure).
+    pub async fn next(&mut self) -> pb::WatchJobsResponse {
+        let message = tokio::time::timeout(Duration::from_secs(30), self.stream.message())
+            .await
+            .expect("an event within 30 s")
+            .expect("the stream is healthy")
+            .expect("the stream is open");
+        let job = message.job.clone().expect("events carry a job");
+        let versions = self.versions.entry(job.id.clone()).or_default();
+        if let Some(last) = versions.last() {
+            assert!(
+                job.version > *last,
+                "versions of {} must increase: {last} then {}",
+                job.id,
+                job.version
+            );
+        }
+        versions.push(job.version);
+        self.view.insert(job.id.clone(), job);
+        if !message.resume_token.is_empty() {
+            self.token = message.resume_token.clone();
+        }
+        self.events.push(message.clone());
+        message
+    }
+
+    /// Reads until `done` holds for the view.
+    pub async fn until(
+        &mut self,
+        done: impl Fn(&std::collections::HashMap<String, pb::Job>) -> bool,
+    ) {
+        while !done(&self.view) {
+            self.next().await;
+        }
+    }
+
+    /// Reads until every job of `table` (id -> version) is seen at its version.
+    pub async fn until_matches(&mut self, table: &std::collections::HashMap<String, i64>) {
+        self.until(|view| {
+            table
+                .iter()
+                .all(|(id, version)| view.get(id).is_some_and(|job| job.version == *version))
+        })
+        .await;
+    }
+
+    /// The next status the stream ends with.
+    pub async fn end(&mut self) -> tonic::Status {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.stream.message())
+                .await
+                .expect("an end within 30 s")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    }
+}
+
+/// Every job's version in the table (optionally one user's).
+pub async fn table_versions(
+    pool: &PgPool,
+    user: Option<Uuid>,
+) -> std::collections::HashMap<String, i64> {
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT id, version FROM menu_extraction_jobs WHERE $1::uuid IS NULL OR user_id = $1",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await
+    .expect("read versions");
+    rows.into_iter()
+        .map(|(id, version)| (id.to_string(), version))
+        .collect()
 }
