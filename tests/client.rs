@@ -144,3 +144,103 @@ async fn typed_results_of_quota_and_retry() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn watch_jobs_and_wait_for_job() {
+    use futures::StreamExt;
+    use jobq_client::{EventKind, WaitOptions, WatchJobs};
+    use jobq_proto::pb;
+    use std::sync::{Arc, Mutex};
+
+    let server = TestServer::start().await;
+    let client = JobQueueClient::connect(server.url()).await.unwrap();
+    let user = Uuid::new_v4();
+    let first = client.submit_job(photo(user, 1)).await.unwrap().job;
+
+    let mut events = std::pin::pin!(client.watch_jobs(WatchJobs::user(user)));
+    let snapshot = events.next().await.unwrap().unwrap();
+    assert_eq!(
+        (snapshot.kind, snapshot.job.id),
+        (EventKind::Snapshot, first.id)
+    );
+    let second = client.submit_job(photo(user, 2)).await.unwrap().job;
+    let created = events.next().await.unwrap().unwrap();
+    assert_eq!(
+        (created.kind, created.job.id, created.job.status),
+        (EventKind::Created, second.id, JobStatus::Queued)
+    );
+    assert!(!created.resume_token.is_empty());
+
+    // wait_for_job follows the job to its end, reporting each state.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (first_state, mut first_state_rx) = tokio::sync::mpsc::unbounded_channel();
+    let waiting = {
+        let client = client.clone();
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let options = WaitOptions::new(Duration::from_secs(30)).on_update(move |job| {
+                seen.lock().unwrap().push(job.status);
+                let _ = first_state.send(job.status);
+            });
+            client.wait_for_job(user, first.id, options).await
+        })
+    };
+    // Drive the job once the waiter has seen it queued.
+    assert_eq!(first_state_rx.recv().await, Some(JobStatus::Queued));
+    let mut worker = pb::worker_service_client::WorkerServiceClient::new(server.channel());
+    let claimed = worker
+        .claim_jobs(pb::ClaimJobsRequest {
+            worker_id: "w".into(),
+            max_jobs: 1,
+            lease_duration: None,
+            wait: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(claimed[0].job.as_ref().unwrap().id, first.id.to_string());
+    worker
+        .complete_job(pb::CompleteJobRequest {
+            job_id: first.id.to_string(),
+            lease_id: claimed[0].lease_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = waiting.await.unwrap().unwrap();
+    assert_eq!((done.id, done.status), (first.id, JobStatus::Completed));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.first(), Some(&JobStatus::Queued));
+    assert_eq!(seen.last(), Some(&JobStatus::Completed));
+
+    // A job that never finishes: a typed timeout with its last status.
+    let error = client
+        .wait_for_job(
+            user,
+            second.id,
+            WaitOptions::new(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    let Error::Timeout {
+        job_id,
+        last_status,
+    } = error
+    else {
+        panic!("{error:?}")
+    };
+    assert_eq!((job_id, last_status), (second.id, JobStatus::Queued));
+
+    // Another user's job is not found, not waited for.
+    let error = client
+        .wait_for_job(
+            Uuid::new_v4(),
+            second.id,
+            WaitOptions::new(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::JobNotFound), "{error:?}");
+    server.stop().await;
+}

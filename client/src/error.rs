@@ -69,6 +69,14 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// `wait_for_job` gave up before the job finished.
+    #[error("job {job_id} did not finish in time (last status {})", .last_status.as_str_name())]
+    Timeout {
+        /// The job waited for.
+        job_id: uuid::Uuid,
+        /// Its last status seen.
+        last_status: pb::JobStatus,
+    },
     /// The URL given to `connect` is not a valid URI.
     #[error("invalid server URL: {0}")]
     InvalidUrl(String),

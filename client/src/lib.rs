@@ -23,6 +23,7 @@
 mod admin;
 mod error;
 mod job;
+mod watch;
 
 use jobq_proto::pb::job_queue_service_client::JobQueueServiceClient;
 use sha2::{Digest, Sha256};
@@ -36,6 +37,7 @@ pub use job::{Job, JobPage, ListJobs, Quota, QuotaWindow, SubmitJob, Submitted, 
 pub use jobq_proto::pb;
 /// A job's life-cycle state.
 pub use jobq_proto::pb::JobStatus;
+pub use watch::{EventKind, JobEvent, WaitOptions, WatchJobs};
 
 /// A client of `jobq.v1.JobQueueService`. Cheap to clone; clones share one
 /// connection.

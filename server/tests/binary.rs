@@ -354,3 +354,104 @@ async fn workers_on_two_server_processes_never_claim_the_same_job() {
     assert!(second.terminate().await.success());
     db.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_on_one_server_sees_every_change_made_through_another() {
+    let db = TestDb::new();
+    let migrate = Command::new(server_binary())
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(migrate.status.success());
+    let plans = std::env::temp_dir().join(format!("jobq-plans-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(
+        &plans,
+        "[plans.free]\nmonthly_jobs = -1\nhourly_jobs = -1\n",
+    )
+    .unwrap();
+    let args = [
+        "--database-url",
+        &db.url,
+        "--plans",
+        plans.to_str().unwrap(),
+    ];
+    let a = ServerProcess::start(&args, &[]).await;
+    let b = ServerProcess::start(&args, &[]).await;
+
+    let user = Uuid::new_v4();
+    let mut on_a = a.client().await;
+    let mut watcher = common::Watcher::open(
+        &mut on_a,
+        pb::WatchJobsRequest {
+            user_id: user.to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // Through B: 20 jobs submitted, claimed, and completed or failed.
+    let mut through_b = b.client().await;
+    let mut worker = b.worker().await;
+    for n in 0..20 {
+        through_b.submit_job(submission(user, n)).await.unwrap();
+    }
+    let claimed = worker
+        .claim_jobs(pb::ClaimJobsRequest {
+            worker_id: "on-b".into(),
+            max_jobs: 20,
+            lease_duration: Some(prost_types::Duration {
+                seconds: 300,
+                nanos: 0,
+            }),
+            wait: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(claimed.len(), 20);
+    for (n, job) in claimed.iter().enumerate() {
+        let job_id = job.job.as_ref().unwrap().id.clone();
+        if n % 2 == 0 {
+            worker
+                .complete_job(pb::CompleteJobRequest {
+                    job_id,
+                    lease_id: job.lease_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        } else {
+            worker
+                .fail_job(pb::FailJobRequest {
+                    job_id,
+                    lease_id: job.lease_id.clone(),
+                    error_message: "no menu".into(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let pool = db.pool().await;
+    let table = common::table_versions(&pool, Some(user)).await;
+    watcher.until_matches(&table).await;
+    assert_eq!(watcher.view.len(), 20);
+    // Every job at its final state (versions only ever increased: Watcher checks).
+    let completed = watcher
+        .view
+        .values()
+        .filter(|job| job.status() == pb::JobStatus::Completed)
+        .count();
+    let failed = watcher
+        .view
+        .values()
+        .filter(|job| job.status() == pb::JobStatus::Failed)
+        .count();
+    assert_eq!((completed, failed), (10, 10));
+    pool.close().await;
+    drop(watcher);
+    std::fs::remove_file(&plans).unwrap();
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+    db.drop_database().await;
+}
