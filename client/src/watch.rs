@@ -173,11 +173,14 @@ impl Follower {
     }
 }
 
+/// A callback that sees each state of a job being waited for.
+type ProgressCallback = Box<dyn FnMut(&Job) + Send>;
+
 /// Options of [`JobQueueClient::wait_for_job`].
 pub struct WaitOptions {
     timeout: Duration,
     poll_interval: Duration,
-    on_update: Option<Box<dyn FnMut(&Job) + Send>>,
+    on_update: Option<ProgressCallback>,
 }
 
 impl std::fmt::Debug for WaitOptions {
