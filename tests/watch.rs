@@ -567,3 +567,66 @@ async fn streams_are_capped_validated_and_ended_by_shutdown() {
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(error_info(&status).0, "SERVER_STOPPING");
 }
+
+#[tokio::test]
+async fn health_reports_an_outage_of_the_change_feed() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let server = TestServer::start().await;
+    let mut health = HealthClient::new(server.channel());
+    let mut updates = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        use tokio_stream::StreamExt;
+        ServingStatus::try_from(updates.next().await.unwrap().unwrap().status).unwrap()
+    };
+    while next().await != ServingStatus::Serving {}
+
+    // The database stays up for the server's pool, but the change feed loses its
+    // connection and cannot get another.
+    let admin = common::admin_pool().await;
+    let name = server.db.name.clone();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND application_name = 'jobq-change-feed'",
+    )
+    .bind(&name)
+    .execute(&admin)
+    .await
+    .unwrap();
+    assert_eq!(next().await, ServingStatus::NotServing);
+
+    // Changes made while the feed is deaf reach a watcher once it is back.
+    let user = Uuid::new_v4();
+    let mut jobs = server.raw();
+    let mut watcher = Watcher::open(&mut jobs, watch_user(user)).await;
+    for n in 0..5 {
+        jobs.submit_job(submission(user, n)).await.unwrap();
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    assert_eq!(next().await, ServingStatus::Serving);
+    watcher
+        .until_matches(&table_versions(&server.pool, Some(user)).await)
+        .await;
+    assert_eq!(watcher.view.len(), 5);
+    drop(updates);
+    server.stop().await;
+}

@@ -114,6 +114,48 @@ impl ServerProcess {
     }
 }
 
+/// A plans file in the temp directory, removed when dropped.
+struct PlansFile(PathBuf);
+
+impl PlansFile {
+    /// Plans whose default plan (free) has no limits.
+    fn unlimited() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("jobq-plans-{}.toml", Uuid::new_v4().simple()));
+        std::fs::write(&path, "[plans.free]\nmonthly_jobs = -1\nhourly_jobs = -1\n").unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for PlansFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Two server processes over `db` (migrated first), with `args` besides the URL.
+async fn two_servers(db: &TestDb, args: &[&str]) -> (ServerProcess, ServerProcess) {
+    let migrate = Command::new(server_binary())
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let mut all = vec!["--database-url", db.url.as_str()];
+    all.extend_from_slice(args);
+    (
+        ServerProcess::start(&all, &[]).await,
+        ServerProcess::start(&all, &[]).await,
+    )
+}
+
 #[tokio::test]
 async fn the_binary_migrates_serves_and_stops_on_sigterm() {
     let db = TestDb::new();
@@ -218,13 +260,7 @@ async fn a_malformed_plans_file_stops_the_server_at_start_naming_the_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limits_hold_across_two_server_processes() {
     let db = TestDb::new();
-    let migrate = Command::new(server_binary())
-        .args(["migrate", "--database-url", &db.url])
-        .output()
-        .unwrap();
-    assert!(migrate.status.success());
-    let first = ServerProcess::start(&["--database-url", &db.url], &[]).await;
-    let second = ServerProcess::start(&["--database-url", &db.url], &[]).await;
+    let (first, second) = two_servers(&db, &[]).await;
 
     // 40 connections, 20 to each process, each warmed by one call.
     let mut clients = Vec::new();
@@ -279,26 +315,9 @@ async fn limits_hold_across_two_server_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_on_two_server_processes_never_claim_the_same_job() {
     let db = TestDb::new();
-    let migrate = Command::new(server_binary())
-        .args(["migrate", "--database-url", &db.url])
-        .output()
-        .unwrap();
-    assert!(migrate.status.success());
     // Free users submit here, so give the default plan no limits.
-    let plans = std::env::temp_dir().join(format!("jobq-plans-{}.toml", Uuid::new_v4().simple()));
-    std::fs::write(
-        &plans,
-        "[plans.free]\nmonthly_jobs = -1\nhourly_jobs = -1\n",
-    )
-    .unwrap();
-    let args = [
-        "--database-url",
-        &db.url,
-        "--plans",
-        plans.to_str().unwrap(),
-    ];
-    let first = ServerProcess::start(&args, &[]).await;
-    let second = ServerProcess::start(&args, &[]).await;
+    let plans = PlansFile::unlimited();
+    let (first, second) = two_servers(&db, &["--plans", plans.path()]).await;
 
     let mut submitter = first.client().await;
     for n in 0..400 {
@@ -342,7 +361,6 @@ async fn workers_on_two_server_processes_never_claim_the_same_job() {
     for worker in workers {
         all.extend(worker.await.unwrap());
     }
-    std::fs::remove_file(&plans).unwrap();
     let distinct: std::collections::HashSet<_> = all.iter().collect();
     assert_eq!(
         (all.len(), distinct.len()),
@@ -358,25 +376,9 @@ async fn workers_on_two_server_processes_never_claim_the_same_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_on_one_server_sees_every_change_made_through_another() {
     let db = TestDb::new();
-    let migrate = Command::new(server_binary())
-        .args(["migrate", "--database-url", &db.url])
-        .output()
-        .unwrap();
-    assert!(migrate.status.success());
-    let plans = std::env::temp_dir().join(format!("jobq-plans-{}.toml", Uuid::new_v4().simple()));
-    std::fs::write(
-        &plans,
-        "[plans.free]\nmonthly_jobs = -1\nhourly_jobs = -1\n",
-    )
-    .unwrap();
-    let args = [
-        "--database-url",
-        &db.url,
-        "--plans",
-        plans.to_str().unwrap(),
-    ];
-    let a = ServerProcess::start(&args, &[]).await;
-    let b = ServerProcess::start(&args, &[]).await;
+    // Free users submit here, so give the default plan no limits.
+    let plans = PlansFile::unlimited();
+    let (a, b) = two_servers(&db, &["--plans", plans.path()]).await;
 
     let user = Uuid::new_v4();
     let mut on_a = a.client().await;
@@ -450,7 +452,6 @@ async fn a_watcher_on_one_server_sees_every_change_made_through_another() {
     assert_eq!((completed, failed), (10, 10));
     pool.close().await;
     drop(watcher);
-    std::fs::remove_file(&plans).unwrap();
     assert!(a.terminate().await.success());
     assert!(b.terminate().await.success());
     db.drop_database().await;
