@@ -158,13 +158,21 @@ async fn watch_jobs_and_wait_for_job() {
     let first = client.submit_job(photo(user, 1)).await.unwrap().job;
 
     let mut events = std::pin::pin!(client.watch_jobs(WatchJobs::user(user)));
-    let snapshot = events.next().await.unwrap().unwrap();
+    let snapshot = tokio::time::timeout(Duration::from_secs(30), events.next())
+        .await
+        .expect("an event within 30 s")
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (snapshot.kind, snapshot.job.id),
         (EventKind::Snapshot, first.id)
     );
     let second = client.submit_job(photo(user, 2)).await.unwrap().job;
-    let created = events.next().await.unwrap().unwrap();
+    let created = tokio::time::timeout(Duration::from_secs(30), events.next())
+        .await
+        .expect("an event within 30 s")
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (created.kind, created.job.id, created.job.status),
         (EventKind::Created, second.id, JobStatus::Queued)

@@ -146,7 +146,14 @@ impl App {
         let _ = probe.await;
         let _ = listener_task.await;
         let _ = reaper_task.await;
-        storage.close().await;
+        // A call cut off by the grace period may still hold a connection: do not
+        // wait for it forever.
+        if tokio::time::timeout(Duration::from_secs(2), storage.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still in use at exit");
+        }
         tracing::info!("stopped");
         Ok(result?)
     }

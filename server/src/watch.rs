@@ -78,8 +78,9 @@ impl From<ChangedJob> for BatchJob {
 /// Every job changed after `from` and visible in `to`, by version.
 #[derive(Debug)]
 pub struct Batch {
-    /// The feed's position before the batch.
-    pub from: Snapshot,
+    /// The feed's position before the batch; `None` when the feed has just
+    /// started and every stream must check its own position against the table.
+    pub from: Option<Snapshot>,
     /// The snapshot the batch was read at.
     pub to: Snapshot,
     /// The changed jobs.
@@ -147,16 +148,22 @@ impl ChangeFeed {
     }
 
     /// Reads what changed since `position` and broadcasts it; returns the new
-    /// position. With no stream subscribed it only moves the position on (a stream
-    /// that subscribes later reads from its own snapshot).
+    /// position. The position only ever moves with a broadcast batch that says
+    /// where it moved from, so a stream can always tell whether it missed
+    /// something (a batch that does not start within its own position).
     async fn refresh(
         &self,
         storage: &Storage,
         position: Option<Snapshot>,
     ) -> Result<Snapshot, crate::storage::StorageError> {
-        let from = match position {
-            Some(from) if self.batches.receiver_count() > 0 => from,
-            _ => return storage.current_snapshot().await,
+        let Some(from) = position else {
+            let to = storage.current_snapshot().await?;
+            let _ = self.batches.send(Arc::new(Batch {
+                from: None,
+                to: to.clone(),
+                jobs: Vec::new(),
+            }));
+            return Ok(to);
         };
         let (jobs, to) = storage
             .changes_since(&Position::at(from.clone()), &WatchFilter::default())
@@ -164,11 +171,11 @@ impl ChangeFeed {
         tracing::debug!(jobs = jobs.len(), from = %from, to = %to, streams = self.batches.receiver_count(), "change feed read");
         if !jobs.is_empty() || from != to {
             let batch = Batch {
-                from,
+                from: Some(from),
                 to: to.clone(),
                 jobs: jobs.into_iter().map(BatchJob::from).collect(),
             };
-            // No receiver left is fine: nobody is watching.
+            // No receiver is fine: nobody is watching.
             let _ = self.batches.send(Arc::new(batch));
         }
         Ok(to)
@@ -494,7 +501,11 @@ impl WatchStream {
 
     /// Applies one batch of the feed.
     async fn apply(&mut self, batch: Arc<Batch>) -> Result<(), Error> {
-        if !batch.from.is_within(&self.position) {
+        if !batch
+            .from
+            .as_ref()
+            .is_some_and(|from| from.is_within(&self.position))
+        {
             // The feed moved on without this stream seeing it: read the gap.
             return self.catch_up(Position::at(self.position.clone())).await;
         }
