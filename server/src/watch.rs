@@ -134,7 +134,7 @@ impl ChangeFeed {
         let mentions_queued = serde_json::from_str::<serde_json::Value>(payload)
             .ok()
             .and_then(|value| {
-                let jobs = value.get("jobs")?.as_array()?.clone();
+                let jobs = value.get("jobs")?.as_array()?;
                 Some(
                     jobs.iter()
                         .any(|job| job.get(2).and_then(|s| s.as_str()) == Some("queued")),
@@ -460,32 +460,24 @@ impl WatchStream {
     /// Reads from the table everything after `from` that the filter matches.
     async fn catch_up(&mut self, from: Position) -> Result<(), Error> {
         let (jobs, to) = self.storage.changes_since(&from, &self.filter).await?;
-        let exact = from.within.is_none();
         let jobs: Vec<BatchJob> = jobs.into_iter().map(BatchJob::from).collect();
-        self.queue_changes(jobs, &from.base, &to, exact, &from);
+        self.queue_changes(jobs, &from, &to);
         self.position = to;
         Ok(())
     }
 
-    /// Queues `jobs` (changed after `base`, visible in `to`, by version) with
+    /// Queues `jobs` (changed after `from`, visible in `to`, by version) with
     /// their resume tokens: each token resumes right after its own event. After
-    /// a resume from inside a batch (`exact` false), tokens before the last one
-    /// repeat `from` (resuming there may repeat some of these events).
-    fn queue_changes(
-        &mut self,
-        jobs: Vec<BatchJob>,
-        base: &Snapshot,
-        to: &Snapshot,
-        exact: bool,
-        from: &Position,
-    ) {
+    /// a resume from inside a batch (`from` has `within`), tokens before the last
+    /// one repeat `from` (resuming there may repeat some of these events).
+    fn queue_changes(&mut self, jobs: Vec<BatchJob>, from: &Position, to: &Snapshot) {
         let last = jobs.len();
         for (i, job) in jobs.into_iter().enumerate() {
             let position = if i + 1 == last {
                 Position::at(to.clone())
-            } else if exact {
+            } else if from.within.is_none() {
                 Position {
-                    base: base.clone(),
+                    base: from.base.clone(),
                     within: Some((job.version, to.clone())),
                 }
             } else {
@@ -516,19 +508,11 @@ impl WatchStream {
         let jobs: Vec<BatchJob> = batch
             .jobs
             .iter()
-            .filter(|job| {
-                !self.position.sees(job.xid)
-                    && self
-                        .filter
-                        .user_id
-                        .is_none_or(|user| job.user_id == Some(user))
-                    && (self.filter.job_ids.is_empty() || self.filter.job_ids.contains(&job.id))
-            })
+            .filter(|job| !self.position.sees(job.xid) && self.filter.matches(job.id, job.user_id))
             .cloned()
             .collect();
-        let base = self.position.clone();
-        let from = Position::at(base.clone());
-        self.queue_changes(jobs, &base, &batch.to, true, &from);
+        let from = Position::at(self.position.clone());
+        self.queue_changes(jobs, &from, &batch.to);
         self.position = batch.to.clone();
         Ok(())
     }

@@ -34,10 +34,11 @@ pub struct WatchFilter {
 }
 
 impl WatchFilter {
-    /// Whether `job` is one the stream watches.
-    pub fn matches(&self, job: &Job) -> bool {
-        self.user_id.is_none_or(|user| job.user_id == Some(user))
-            && (self.job_ids.is_empty() || self.job_ids.contains(&job.id))
+    /// Whether the job `id` of `user_id` is one the stream watches (the same
+    /// test the catch-up query makes in SQL).
+    pub fn matches(&self, id: JobId, user_id: Option<UserId>) -> bool {
+        self.user_id.is_none_or(|user| user_id == Some(user))
+            && (self.job_ids.is_empty() || self.job_ids.contains(&id))
     }
 }
 
