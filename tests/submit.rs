@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{TestServer, sha, submission};
+use common::{TestServer, all_at_once, error_info, set_status, sha, submission, warm_clients};
 use futures::future::join_all;
 use jobq_proto::pb;
 use tokio::sync::Barrier;
@@ -371,6 +371,14 @@ async fn bad_submissions_name_every_bad_field_and_write_nothing() {
             fields: &["prompt_version"],
         },
         Case {
+            name: "request_id not a UUID",
+            request: pb::SubmitJobRequest {
+                request_id: "1; DROP TABLE menu_extraction_jobs".into(),
+                ..good()
+            },
+            fields: &["request_id"],
+        },
+        Case {
             name: "everything wrong",
             request: pb::SubmitJobRequest {
                 user_id: "x".into(),
@@ -379,6 +387,7 @@ async fn bad_submissions_name_every_bad_field_and_write_nothing() {
                 schema_version: "s".repeat(21),
                 prompt_version: "p".repeat(51),
                 force: true,
+                request_id: "not-a-uuid".into(),
             },
             fields: &[
                 "user_id",
@@ -386,6 +395,7 @@ async fn bad_submissions_name_every_bad_field_and_write_nothing() {
                 "image_sha256",
                 "schema_version",
                 "prompt_version",
+                "request_id",
             ],
         },
     ];
@@ -455,5 +465,136 @@ async fn the_client_crate_reads_violations_back() {
     assert_eq!(violations.len(), 1);
     assert_eq!(violations[0].field, "image_sha256");
     assert!(violations[0].description.contains("64 hex"));
+    server.stop().await;
+}
+
+/// SubmitJob's request_id makes a submission safe to send again: a retry after a
+/// lost answer (even a forced one, even after the job failed, even at a full
+/// quota) returns the first job; reusing a request_id for other parameters is
+/// refused; concurrent sends of one request_id make one job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submission_sent_again_with_its_request_id_returns_the_first_job() {
+    let server = TestServer::start().await;
+    let mut client = server.raw();
+    let user = Uuid::new_v4();
+    let request_id = Uuid::new_v4().to_string();
+    let forced = pb::SubmitJobRequest {
+        force: true,
+        request_id: request_id.clone(),
+        ..submission(user, 1)
+    };
+
+    let first = client
+        .submit_job(forced.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.deduplicated);
+    let first_job = first.job.unwrap();
+    let again = client
+        .submit_job(forced.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        again.deduplicated,
+        "the resend is answered with the first job"
+    );
+    assert_eq!(again.job.unwrap().id, first_job.id);
+    assert_eq!(server.job_count().await, 1);
+
+    // The same key for another photo: refused, naming request_id; nothing written.
+    let status = client
+        .submit_job(pb::SubmitJobRequest {
+            force: true,
+            request_id: request_id.clone(),
+            ..submission(user, 2)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("request_id"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(error_info(&status).0, "INVALID_ARGUMENT");
+    assert_eq!(server.job_count().await, 1);
+
+    // Another user may use the same key: keys are per user.
+    let other = client
+        .submit_job(pb::SubmitJobRequest {
+            request_id: request_id.clone(),
+            ..submission(Uuid::new_v4(), 1)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!other.deduplicated);
+
+    // After the job failed, the resend still returns it (a plain resubmission
+    // without the key would make a new job).
+    set_status(&server.pool, &first_job.id, "failed", 0).await;
+    let after_failure = client
+        .submit_job(forced.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after_failure.deduplicated);
+    assert_eq!(after_failure.job.unwrap().status(), pb::JobStatus::Failed);
+
+    // 20 concurrent sends of one new forced submission: one job.
+    let concurrent_id = Uuid::new_v4().to_string();
+    let before = server.job_count().await;
+    let clients = warm_clients(&server, 20).await;
+    let answers = all_at_once(clients, |_, mut client| {
+        let request = pb::SubmitJobRequest {
+            force: true,
+            request_id: concurrent_id.clone(),
+            ..submission(user, 3)
+        };
+        async move { client.submit_job(request).await.map(|r| r.into_inner()) }
+    })
+    .await;
+    let answers: Vec<_> = answers
+        .into_iter()
+        .map(|a| a.expect("every send succeeds"))
+        .collect();
+    assert_eq!(answers.iter().filter(|a| !a.deduplicated).count(), 1);
+    let ids: std::collections::HashSet<_> = answers
+        .iter()
+        .map(|a| a.job.as_ref().unwrap().id.clone())
+        .collect();
+    assert_eq!(ids.len(), 1, "all 20 answers carry the same job");
+    assert_eq!(server.job_count().await, before + 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_resend_is_answered_even_when_the_quota_is_spent() {
+    let server = TestServer::start_with_plans(jobq_server::plans::Plans::builtin()).await; // free: 5 a month
+    let mut client = server.raw();
+    let user = Uuid::new_v4();
+    let requests: Vec<_> = (0..5)
+        .map(|n| pb::SubmitJobRequest {
+            request_id: Uuid::new_v4().to_string(),
+            ..submission(user, n)
+        })
+        .collect();
+    for request in &requests {
+        client.submit_job(request.clone()).await.unwrap();
+    }
+    let refused = client.submit_job(submission(user, 99)).await.unwrap_err();
+    assert_eq!(error_info(&refused).0, "QUOTA_EXCEEDED");
+    let resent = client
+        .submit_job(pb::SubmitJobRequest {
+            force: true,
+            ..requests[0].clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resent.deduplicated);
+    assert_eq!(server.job_count().await, 5);
     server.stop().await;
 }

@@ -141,6 +141,7 @@ impl TryFrom<pb::SubmitJobRequest> for NewJob {
             schema_version,
             prompt_version,
             force,
+            request_id,
         } = request;
         let mut v = Violations::default();
         let user_id = v.check("user_id", uuid(&user_id));
@@ -162,6 +163,14 @@ impl TryFrom<pb::SubmitJobRequest> for NewJob {
                 DEFAULT_PROMPT_VERSION,
             ),
         );
+        let request_id = v.check(
+            "request_id",
+            if request_id.is_empty() {
+                Ok(None)
+            } else {
+                uuid(&request_id).map(Some)
+            },
+        );
         v.finish(|| {
             Some(NewJob {
                 user_id: UserId(user_id?),
@@ -170,6 +179,7 @@ impl TryFrom<pb::SubmitJobRequest> for NewJob {
                 schema_version: schema_version?,
                 prompt_version: prompt_version?,
                 force,
+                request_id: request_id?,
             })
         })
     }

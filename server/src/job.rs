@@ -131,6 +131,8 @@ pub struct NewJob {
     pub prompt_version: String,
     /// Skip deduplication.
     pub force: bool,
+    /// The caller's idempotency key for this submission.
+    pub request_id: Option<uuid::Uuid>,
 }
 
 /// A position in a user's job list, newest first: the last job of the previous page.

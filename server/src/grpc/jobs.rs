@@ -70,6 +70,13 @@ impl JobQueueService for JobQueueApi {
             SubmitOutcome::Refused(status) => {
                 return Err(Error::refused(new.user_id, status).into());
             }
+            SubmitOutcome::RequestIdReused => {
+                return Err(Error::invalid(
+                    "request_id",
+                    "was already used by this user for a submission with other parameters",
+                )
+                .into());
+            }
         };
         tracing::info!(job_id = %job.id.0, deduplicated, force = new.force, "job submitted");
         Ok(Response::new(pb::SubmitJobResponse {

@@ -17,6 +17,9 @@ pub enum SubmitOutcome {
     Deduplicated(Job),
     /// A limit refused it (`refusal` is set); nothing was written.
     Refused(QuotaStatus),
+    /// The user's earlier submission with the same `request_id` asked for
+    /// something else; nothing was written.
+    RequestIdReused,
 }
 
 /// What a cancellation came to.
@@ -65,6 +68,20 @@ impl Storage {
     ) -> Result<SubmitOutcome, StorageError> {
         let mut tx = self.pool.begin().await?;
         let now = usage::lock_user(&mut tx, new.user_id).await?;
+        if let Some(request_id) = new.request_id
+            && let Some(job) = find_by_request_id(&mut tx, new, request_id).await?
+        {
+            tx.commit().await?;
+            let same = job.image_url == new.image_url
+                && job.image_sha256.as_deref() == Some(new.image_sha256.as_str())
+                && job.schema_version == new.schema_version
+                && job.prompt_version == new.prompt_version;
+            return Ok(if same {
+                SubmitOutcome::Deduplicated(job)
+            } else {
+                SubmitOutcome::RequestIdReused
+            });
+        }
         if !new.force
             && let Some(job) = find_live_match(&mut tx, new).await?
         {
@@ -273,6 +290,26 @@ async fn find_live_match(
     Ok(job)
 }
 
+/// The job `new.user_id` submitted earlier with `request_id`. The user's lock,
+/// held by the caller, keeps a concurrent submission with the same key from
+/// inserting between this read and the caller's insert.
+async fn find_by_request_id(
+    conn: &mut PgConnection,
+    new: &NewJob,
+    request_id: uuid::Uuid,
+) -> Result<Option<Job>, StorageError> {
+    let job = sqlx::query_as::<_, Job>(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM menu_extraction_jobs WHERE user_id = $1 AND submit_request_id = $2"
+    ))
+    .bind(new.user_id)
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(job)
+}
+
 /// Inserts the job, created at `now`, or returns `None` when a live identical job
 /// (not exempt) got there first.
 async fn insert(
@@ -283,8 +320,8 @@ async fn insert(
     let job = sqlx::query_as::<_, Job>(concat!(
         "INSERT INTO menu_extraction_jobs
              (id, user_id, image_url, image_hash, schema_version, prompt_version, status, dedup_exempt,
-              created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8)
+              created_at, updated_at, submit_request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $9)
          ON CONFLICT (user_id, image_hash, schema_version, prompt_version)
              WHERE status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt
              DO NOTHING
@@ -299,6 +336,7 @@ async fn insert(
     .bind(&new.prompt_version)
     .bind(new.force)
     .bind(now)
+    .bind(new.request_id)
     .fetch_optional(conn)
     .await?;
     Ok(job)
