@@ -1,34 +1,45 @@
 //! `jobq.v1.AdminService`: operators' controls.
 
+use std::time::Duration;
+
 use jobq_proto::pb;
 use jobq_proto::pb::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::Error;
+use crate::connect::{Connection, Idempotence};
 
-/// A client of `jobq.v1.AdminService`. Cheap to clone; clones share one connection.
+/// A client of `jobq.v1.AdminService`. Cheap to clone; clones share one
+/// connection. Made from a configured client with [`crate::JobQueueClient::admin`].
 #[derive(Debug, Clone)]
 pub struct AdminClient {
-    inner: AdminServiceClient<Channel>,
+    connection: Connection,
 }
 
 impl AdminClient {
-    /// Connects to the server at `url` (e.g. `http://127.0.0.1:50051`).
+    /// Connects to the server at `url` (e.g. `http://127.0.0.1:50051`) with the
+    /// default settings and no API key.
     ///
     /// # Errors
     /// [`Error::InvalidUrl`] or [`Error::Connect`].
     pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
-        Ok(Self::from_channel(
-            crate::connect_channel(url.into()).await?,
-        ))
+        Ok(crate::JobQueueClient::connect(url).await?.admin())
     }
 
-    /// A client over an existing channel.
+    /// An admin client over an existing channel, with the default call policy
+    /// and no key.
     pub fn from_channel(channel: Channel) -> Self {
-        Self {
-            inner: AdminServiceClient::new(channel),
-        }
+        Self::from_connection(Connection::plain(channel))
+    }
+
+    pub(crate) fn from_connection(connection: Connection) -> Self {
+        Self { connection }
+    }
+
+    /// The generated client, for what the typed API does not cover.
+    pub fn raw(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.connection.channel())
     }
 
     /// Puts `user_id` on the plan called `plan`; returns the plan now in force.
@@ -51,16 +62,30 @@ impl AdminClient {
             user_id: user_id.to_string(),
             plan: plan.into(),
         };
-        Ok(self
-            .inner
-            .clone()
-            .set_user_plan(request)
-            .await?
-            .into_inner()
-            .plan)
+        let response = self
+            .connection
+            .unary(
+                Idempotence::Safe,
+                Duration::ZERO,
+                request,
+                |channel, request| async move {
+                    AdminServiceClient::new(channel)
+                        .set_user_plan(request)
+                        .await
+                },
+            )
+            .await?;
+        Ok(response.plan)
     }
 
     /// The plan in force for `user_id` (`free` when none was set).
+    ///
+    /// ```no_run
+    /// # async fn example(admin: jobq_client::AdminClient, user: uuid::Uuid) -> Result<(), jobq_client::Error> {
+    /// println!("{}", admin.get_user_plan(user).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] or [`Error::Unavailable`].
@@ -68,12 +93,19 @@ impl AdminClient {
         let request = pb::GetUserPlanRequest {
             user_id: user_id.to_string(),
         };
-        Ok(self
-            .inner
-            .clone()
-            .get_user_plan(request)
-            .await?
-            .into_inner()
-            .plan)
+        let response = self
+            .connection
+            .unary(
+                Idempotence::Safe,
+                Duration::ZERO,
+                request,
+                |channel, request| async move {
+                    AdminServiceClient::new(channel)
+                        .get_user_plan(request)
+                        .await
+                },
+            )
+            .await?;
+        Ok(response.plan)
     }
 }

@@ -32,7 +32,7 @@ pub enum Error {
     #[error("job not found")]
     JobNotFound,
     /// The user's monthly quota is spent; new jobs are accepted again at `resets_at`.
-    #[error("monthly quota exceeded: {used} of {limit}")]
+    #[error("quota exceeded: {used} of {limit} used this month{}", resets(.resets_at))]
     QuotaExceeded {
         /// New jobs this month.
         used: i64,
@@ -42,7 +42,7 @@ pub enum Error {
         resets_at: Option<SystemTime>,
     },
     /// The user's rolling-hour limit is reached; a slot frees after `retry_after`.
-    #[error("rate limit exceeded: {used} of {limit} in the last hour")]
+    #[error("rate limit exceeded: {used} of {limit} in the last hour{}", retry_in(.retry_after))]
     RateLimited {
         /// New jobs in the last 60 minutes.
         used: i64,
@@ -62,6 +62,23 @@ pub enum Error {
     InvalidStatus {
         /// The job's status.
         current: pb::JobStatus,
+    },
+    /// The worker's lease on the job is no longer the job's current one (it
+    /// expired and the job was queued again or went to another worker): stop
+    /// working on the job and do not report it.
+    #[error("lease lost: the job is no longer this worker's")]
+    LeaseLost,
+    /// The call carried no API key, or one the server does not accept.
+    #[error("unauthenticated: {message}")]
+    Unauthenticated {
+        /// The server's message.
+        message: String,
+    },
+    /// The API key may not make this call (its role, or the user it is bound to).
+    #[error("permission denied: {message}")]
+    PermissionDenied {
+        /// The server's message.
+        message: String,
     },
     /// The server or its database is unavailable; the call may be retried.
     #[error("unavailable: {message}")]
@@ -102,13 +119,26 @@ impl Error {
             Self::RateLimited { .. } => Some("RATE_LIMIT_EXCEEDED"),
             Self::MaxRetriesExceeded { .. } => Some("MAX_RETRIES_EXCEEDED"),
             Self::InvalidStatus { .. } => Some("INVALID_STATUS"),
+            Self::LeaseLost => Some("LEASE_LOST"),
             _ => None,
         }
     }
 }
 
+/// Whether `status` was made by this side's transport (the connection failed,
+/// or the server closed it while shutting down) rather than sent by the server.
+pub(crate) fn transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status)
+        .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
+}
+
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
+        if transport_failure(&status) {
+            return Self::Unavailable {
+                message: status.message().to_owned(),
+            };
+        }
         let details = status.get_error_details();
         let info = details.error_info();
         let reason = info
@@ -158,12 +188,37 @@ impl From<Status> for Error {
                     .and_then(|name| pb::JobStatus::from_str_name(name))
                     .unwrap_or(pb::JobStatus::Unspecified),
             },
+            (Code::FailedPrecondition, Some("LEASE_LOST")) => Self::LeaseLost,
+            (Code::Unauthenticated, _) => Self::Unauthenticated {
+                message: status.message().to_owned(),
+            },
+            (Code::PermissionDenied, _) => Self::PermissionDenied {
+                message: status.message().to_owned(),
+            },
             (Code::Unavailable, _) => Self::Unavailable {
                 message: status.message().to_owned(),
             },
             _ => Self::Status(status),
         }
     }
+}
+
+fn resets(at: &Option<SystemTime>) -> String {
+    at.map(|at| format!(", resets {}", rfc3339(at)))
+        .unwrap_or_default()
+}
+
+fn retry_in(after: &Option<Duration>) -> String {
+    after
+        .map(|after| format!(", next slot in {}s", after.as_secs_f64().ceil()))
+        .unwrap_or_default()
+}
+
+/// `at` as RFC 3339 in UTC, to the second (`2026-12-01T00:00:00Z`).
+pub(crate) fn rfc3339(at: SystemTime) -> String {
+    let mut timestamp = prost_types::Timestamp::from(at);
+    timestamp.nanos = 0;
+    timestamp.to_string()
 }
 
 /// Reads the `resets_at` the server writes (`2026-12-01T00:00:00.000000Z`).
@@ -184,5 +239,27 @@ mod tests {
             1_796_083_200
         );
         assert!(parse_rfc3339("December").is_none());
+    }
+
+    #[test]
+    fn says_a_refusal_in_one_line() {
+        let quota = Error::QuotaExceeded {
+            used: 5,
+            limit: 5,
+            resets_at: parse_rfc3339("2026-12-01T00:00:00.000000Z"),
+        };
+        assert_eq!(
+            quota.to_string(),
+            "quota exceeded: 5 of 5 used this month, resets 2026-12-01T00:00:00Z"
+        );
+        let rate = Error::RateLimited {
+            used: 10,
+            limit: 10,
+            retry_after: Some(Duration::from_millis(1_500)),
+        };
+        assert_eq!(
+            rate.to_string(),
+            "rate limit exceeded: 10 of 10 in the last hour, next slot in 2s"
+        );
     }
 }

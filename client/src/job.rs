@@ -181,8 +181,16 @@ impl TryFrom<pb::Job> for Job {
 
 /// A job submission. `schema_version` and `prompt_version` default on the server
 /// (`stage1`, `v1.0`).
+///
+/// Each `SubmitJob` is one submission: [`SubmitJob::new`] gives it a fresh
+/// `request_id` (a UUID), sent with every attempt to submit it, so that the
+/// server makes at most one job for it however often it is sent (the client
+/// retries a submission after a lost connection on that basis). Submitting the
+/// same value (or a clone) twice gets the first job back; build a new one, or
+/// give it a new [`SubmitJob::request_id`], to ask for another job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmitJob {
+    request_id: Uuid,
     user_id: Uuid,
     image_url: String,
     image_sha256: String,
@@ -200,6 +208,7 @@ impl SubmitJob {
         image_sha256: impl Into<String>,
     ) -> Self {
         Self {
+            request_id: Uuid::new_v4(),
             user_id,
             image_url: image_url.into(),
             image_sha256: image_sha256.into(),
@@ -226,11 +235,25 @@ impl SubmitJob {
         self.force = force;
         self
     }
+
+    /// Names this submission with `request_id` instead of the one made by
+    /// [`SubmitJob::new`]: for a caller that keeps its own key (say, its upload's
+    /// id) so that a submission repeated after a crash finds the first job.
+    pub fn request_id(mut self, request_id: Uuid) -> Self {
+        self.request_id = request_id;
+        self
+    }
+
+    /// This submission's idempotency key.
+    pub fn id(&self) -> Uuid {
+        self.request_id
+    }
 }
 
 impl From<SubmitJob> for pb::SubmitJobRequest {
     fn from(request: SubmitJob) -> Self {
         let SubmitJob {
+            request_id,
             user_id,
             image_url,
             image_sha256,
@@ -245,6 +268,7 @@ impl From<SubmitJob> for pb::SubmitJobRequest {
             schema_version: schema_version.unwrap_or_default(),
             prompt_version: prompt_version.unwrap_or_default(),
             force,
+            request_id: request_id.to_string(),
         }
     }
 }

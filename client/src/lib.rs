@@ -21,54 +21,103 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod connect;
 mod error;
 mod job;
+mod runner;
 mod watch;
+mod worker;
+
+use std::time::Duration;
 
 use jobq_proto::pb::job_queue_service_client::JobQueueServiceClient;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+use connect::{Connection, Idempotence};
+
 pub use admin::AdminClient;
+pub use connect::{ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, RetryPolicy};
 pub use error::{Error, FieldViolation};
 pub use job::{Job, JobPage, ListJobs, Quota, QuotaWindow, SubmitJob, Submitted, TokenUsage};
 /// The generated protocol types, for what the typed API does not cover.
 pub use jobq_proto::pb;
 /// A job's life-cycle state.
 pub use jobq_proto::pb::JobStatus;
+pub use runner::{Cancellation, JobContext, Worker, WorkerBuilder, WorkerReport};
 pub use watch::{EventKind, JobEvent, WaitOptions, WatchJobs};
+pub use worker::{ClaimJobs, ClaimedJob, Completion, Lease, Renewed, WorkerClient};
 
-/// A client of `jobq.v1.JobQueueService`. Cheap to clone; clones share one
-/// connection.
+/// A client of `jobq.v1.JobQueueService`. Cheap to clone and safe to share
+/// between tasks: clones share one connection (an HTTP/2 channel that reconnects
+/// by itself) and its settings.
 #[derive(Debug, Clone)]
 pub struct JobQueueClient {
-    inner: JobQueueServiceClient<Channel>,
+    connection: Connection,
+}
+
+/// Sends one JobQueueService call through the connection's policy.
+macro_rules! call {
+    ($self:ident, $idempotence:expr, $method:ident, $message:expr) => {
+        $self
+            .connection
+            .unary(
+                $idempotence,
+                Duration::ZERO,
+                $message,
+                |channel, request| async move {
+                    JobQueueServiceClient::new(channel).$method(request).await
+                },
+            )
+            .await
+    };
 }
 
 impl JobQueueClient {
-    /// Connects to the server at `url` (e.g. `http://127.0.0.1:50051`).
-    ///
-    /// # Errors
-    /// [`Error::InvalidUrl`] when the URL is not a URI; [`Error::Connect`] when
-    /// the server cannot be reached.
-    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
-        Ok(Self::from_channel(connect_channel(url.into()).await?))
+    /// Configures a connection to the server at `url` (`http://host:port`, or
+    /// `https://` for TLS): API key, deadlines, retries, CA. See [`ClientBuilder`].
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(url)
     }
 
-    /// A client over an existing channel.
+    /// Connects to the server at `url` (e.g. `http://127.0.0.1:50051`) with the
+    /// default settings and no API key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`] when the URL is not an `http(s)://` URI;
+    /// [`Error::Connect`] when the server cannot be reached.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(url).build().await
+    }
+
+    /// A client over an existing channel, with the default call policy and no
+    /// key.
     pub fn from_channel(channel: Channel) -> Self {
-        Self {
-            inner: JobQueueServiceClient::new(channel),
-        }
+        Self::from_connection(Connection::plain(channel))
+    }
+
+    pub(crate) fn from_connection(connection: Connection) -> Self {
+        Self { connection }
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
     }
 
     /// The generated client, for RPCs or options the typed API does not cover.
+    /// Its calls carry neither the API key nor the deadline: add them to each
+    /// request.
     pub fn raw(&self) -> JobQueueServiceClient<Channel> {
-        self.inner.clone()
+        JobQueueServiceClient::new(self.connection.channel())
     }
 
     /// Submits a job, or gets back the live job that already matches it.
+    ///
+    /// Safe to retry: every [`SubmitJob`] carries a `request_id` (made when it is
+    /// built), and the server returns the job an earlier call with the same
+    /// `request_id` created instead of creating another, even with `force`. The
+    /// client retries a submission that failed with `UNAVAILABLE` on that basis.
     ///
     /// ```no_run
     /// # async fn example(client: jobq_client::JobQueueClient, user: uuid::Uuid) -> Result<(), jobq_client::Error> {
@@ -82,15 +131,18 @@ impl JobQueueClient {
     /// ```
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming each bad field; [`Error::Unavailable`]
-    /// when the server or its database is down.
+    /// [`Error::InvalidArgument`] naming each bad field; [`Error::QuotaExceeded`]
+    /// or [`Error::RateLimited`] when the user's plan allows no new job now;
+    /// [`Error::Unavailable`] when the server or its database stayed down through
+    /// the retries.
     pub async fn submit_job(&self, request: SubmitJob) -> Result<Submitted, Error> {
-        let response = self
-            .inner
-            .clone()
-            .submit_job(pb::SubmitJobRequest::from(request))
-            .await?;
-        Submitted::try_from(response.into_inner())
+        let response = call!(
+            self,
+            Idempotence::Safe,
+            submit_job,
+            pb::SubmitJobRequest::from(request)
+        )?;
+        Submitted::try_from(response)
     }
 
     /// Reads one of `user_id`'s jobs.
@@ -110,8 +162,7 @@ impl JobQueueClient {
             job_id: job_id.to_string(),
             user_id: user_id.to_string(),
         };
-        let response = self.inner.clone().get_job(request).await?.into_inner();
-        response
+        call!(self, Idempotence::Safe, get_job, request)?
             .job
             .ok_or_else(|| Error::Decode("GetJobResponse without a job".into()))?
             .try_into()
@@ -137,10 +188,36 @@ impl JobQueueClient {
             job_id: job_id.to_string(),
             user_id: user_id.to_string(),
         };
-        let response = self.inner.clone().retry_job(request).await?.into_inner();
-        response
+        call!(self, Idempotence::Safe, retry_job, request)?
             .job
             .ok_or_else(|| Error::Decode("RetryJobResponse without a job".into()))?
+            .try_into()
+    }
+
+    /// Cancels one of `user_id`'s jobs: a QUEUED job is CANCELLED at once; a
+    /// PROCESSING one is marked `cancel_requested` and settles as CANCELLED when
+    /// its worker reports.
+    ///
+    /// ```no_run
+    /// # async fn example(client: jobq_client::JobQueueClient, user: uuid::Uuid, job: uuid::Uuid) -> Result<(), jobq_client::Error> {
+    /// let job = client.cancel_job(user, job).await?;
+    /// println!("{:?}, cancel requested: {}", job.status, job.cancel_requested);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`]; [`Error::InvalidStatus`] when the job already
+    /// finished (a retried cancellation whose first attempt landed on a QUEUED job
+    /// gets this too, with `current` CANCELLED).
+    pub async fn cancel_job(&self, user_id: Uuid, job_id: Uuid) -> Result<Job, Error> {
+        let request = pb::CancelJobRequest {
+            job_id: job_id.to_string(),
+            user_id: user_id.to_string(),
+        };
+        call!(self, Idempotence::Safe, cancel_job, request)?
+            .job
+            .ok_or_else(|| Error::Decode("CancelJobResponse without a job".into()))?
             .try_into()
     }
 
@@ -161,7 +238,7 @@ impl JobQueueClient {
         let request = pb::CheckQuotaRequest {
             user_id: user_id.to_string(),
         };
-        Quota::try_from(self.inner.clone().check_quota(request).await?.into_inner())
+        Quota::try_from(call!(self, Idempotence::Safe, check_quota, request)?)
     }
 
     /// Reads a page of a user's jobs, newest first.
@@ -187,19 +264,13 @@ impl JobQueueClient {
     /// [`Error::InvalidArgument`] for a page size out of range or a page token
     /// that belongs to another listing.
     pub async fn list_jobs(&self, request: ListJobs) -> Result<JobPage, Error> {
-        let response = self
-            .inner
-            .clone()
-            .list_jobs(pb::ListJobsRequest::from(request))
-            .await?;
-        JobPage::try_from(response.into_inner())
+        JobPage::try_from(call!(
+            self,
+            Idempotence::Safe,
+            list_jobs,
+            pb::ListJobsRequest::from(request)
+        )?)
     }
-}
-
-/// Opens a channel to `url`; shared by every client type.
-pub(crate) async fn connect_channel(url: String) -> Result<Channel, Error> {
-    let endpoint = Channel::from_shared(url).map_err(|e| Error::InvalidUrl(e.to_string()))?;
-    Ok(endpoint.connect().await?)
 }
 
 /// The lower-case hex SHA-256 of `bytes`: the `image_sha256` of a photo.

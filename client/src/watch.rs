@@ -126,12 +126,11 @@ impl Follower {
         }
         loop {
             let Some(stream) = self.stream.as_mut() else {
-                match self
+                let request = self
                     .client
-                    .raw()
-                    .watch_jobs(self.request.to_request())
-                    .await
-                {
+                    .connection()
+                    .request(self.request.to_request(), None);
+                match self.client.raw().watch_jobs(request).await {
                     Ok(response) => self.stream = Some(response.into_inner()),
                     Err(status) if reconnects(&status) && self.failures < MAX_RECONNECTS => {
                         self.back_off().await
@@ -169,7 +168,7 @@ impl Follower {
     async fn back_off(&mut self) {
         self.failures += 1;
         let delay = Duration::from_millis(100 * 2u64.pow(self.failures.min(6)));
-        tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
+        tokio::time::sleep(crate::connect::jitter(delay.min(Duration::from_secs(5)))).await;
     }
 }
 

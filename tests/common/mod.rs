@@ -92,6 +92,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub db: TestDb,
     pub pool: PgPool,
+    config: Config,
     channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -143,6 +144,27 @@ impl TestServer {
 
     /// A server over `db` with `config`.
     pub async fn start_with_config(db: TestDb, config: Config) -> Self {
+        Self::start_at(db, config, "127.0.0.1:0".parse().expect("an address")).await
+    }
+
+    /// Stops this server (keeping its database) and starts another with the same
+    /// configuration on the same address, as an operator's restart would.
+    pub async fn restart(mut self) -> Self {
+        self.shut_down().await;
+        self.pool.close().await;
+        Self::start_at(self.db.clone(), self.config.clone(), self.addr).await
+    }
+
+    async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task ended cleanly");
+        }
+    }
+
+    async fn start_at(db: TestDb, config: Config, addr: SocketAddr) -> Self {
         // JOBQ_TEST_LOG=debug (any filter) shows the server's logs while debugging a test.
         if let Ok(filter) = std::env::var("JOBQ_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -150,8 +172,10 @@ impl TestServer {
                 .with_test_writer()
                 .try_init();
         }
-        let app = App::prepare(config).await.expect("server starts");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let app = App::prepare(config.clone()).await.expect("server starts");
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("bind the server's address");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -171,6 +195,7 @@ impl TestServer {
             addr,
             db,
             pool,
+            config,
             channel,
             stop: Some(stop),
             task: Some(task),
@@ -215,12 +240,7 @@ impl TestServer {
 
     /// Shuts the server down, waits for it, and drops its database.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("server task ended cleanly");
-        }
+        self.shut_down().await;
         self.pool.close().await;
         self.db.drop_database().await;
     }
