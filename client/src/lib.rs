@@ -1,23 +1,4 @@
-//! Rust client for jobq, the vision-LLM extraction job queue.
-//!
-//! ```no_run
-//! # async fn example() -> Result<(), jobq_client::Error> {
-//! use jobq_client::{JobQueueClient, SubmitJob, sha256_hex};
-//!
-//! let client = JobQueueClient::connect("http://127.0.0.1:50051").await?;
-//! let photo = b"...the menu photo's bytes...";
-//! let user = uuid::Uuid::new_v4();
-//! let submitted = client
-//!     .submit_job(SubmitJob::new(user, "https://cdn.example/menu.jpg", sha256_hex(photo)))
-//!     .await?;
-//! let job = client.get_job(user, submitted.job.id).await?;
-//! println!("{:?} (deduplicated: {})", job.status, submitted.deduplicated);
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! Errors are typed ([`Error`]): the server's `google.rpc` error details are read
-//! back into variants such as [`Error::InvalidArgument`] with every bad field.
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 mod admin;

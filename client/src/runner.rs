@@ -13,6 +13,9 @@ use tokio::task::JoinSet;
 
 use crate::{ClaimJobs, ClaimedJob, Completion, Error, Job, JobStatus, Lease, WorkerClient};
 
+/// How long shutdown waits for a claim in flight to return.
+const CLAIM_SETTLE: Duration = Duration::from_millis(500);
+
 /// Most bytes of a failure message the server accepts.
 const MAX_ERROR_MESSAGE: usize = 8192;
 
@@ -55,7 +58,7 @@ impl Worker {
             worker_id: format!("jobq-worker-{}", std::process::id()),
             concurrency: 4,
             lease: Duration::from_secs(60),
-            claim_wait: Duration::from_secs(5),
+            claim_wait: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -190,8 +193,7 @@ impl WorkerBuilder {
     }
 
     /// How long each claim waits on the server for a job when none is queued
-    /// (default 5 s, at most 30 s). It returns as soon as a job is queued. It is
-    /// also the longest shutdown waits for a claim in flight.
+    /// (default 20 s, at most 30 s). It returns as soon as a job is queued.
     pub fn claim_wait(mut self, wait: Duration) -> Self {
         self.claim_wait = wait;
         self
@@ -213,10 +215,11 @@ impl WorkerBuilder {
     /// error's text (or the panic's). A job whose owner cancels it has its
     /// [`JobContext::cancelled`] resolve, and settles as CANCELLED when reported.
     ///
-    /// On shutdown it claims no more: a claim in flight is awaited (it returns
-    /// within `claim_wait`, at once when jobs are queued) and its jobs are run,
-    /// so no claimed job is left unhandled. Running handlers may finish within the
-    /// grace period; the rest are told to stop and their jobs failed. It then
+    /// On shutdown it claims no more. A claim in flight gets half a second to
+    /// return (it answers at once when jobs are queued) and its jobs are run, so
+    /// no claimed job is left unhandled; one still parked on an empty queue then
+    /// has claimed nothing and is abandoned. Running handlers may finish within
+    /// the grace period; the rest are told to stop and their jobs failed. It then
     /// returns what it did.
     ///
     /// While the server is unavailable the runner keeps retrying with jittered
@@ -268,10 +271,11 @@ impl WorkerBuilder {
             let request = ClaimJobs::new(&self.worker_id, permits.len() as u32)
                 .lease(self.lease)
                 .wait(self.claim_wait);
-            // A claim in flight is not abandoned at shutdown: the server may have
-            // claimed jobs for it already, and they would sit PROCESSING until
-            // their lease expired. It returns within `claim_wait` (at once when
-            // jobs are queued), and its jobs are run like the others.
+            // A claim in flight at shutdown gets a moment to return: when jobs
+            // are queued it answers at once, and the jobs it claimed are run like
+            // the others (dropped, they would sit PROCESSING until their lease
+            // expired). One still waiting after that is parked on an empty queue
+            // and has claimed nothing: it is abandoned, and the server drops it.
             let mut stopping = false;
             let claimed = {
                 let claim = self.client.claim_jobs(&request);
@@ -281,7 +285,10 @@ impl WorkerBuilder {
                     claimed = &mut claim => claimed,
                     () = &mut shutdown => {
                         stopping = true;
-                        claim.await
+                        match tokio::time::timeout(CLAIM_SETTLE, claim).await {
+                            Ok(claimed) => claimed,
+                            Err(_) => break None,
+                        }
                     }
                 }
             };
