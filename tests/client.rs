@@ -252,3 +252,140 @@ async fn watch_jobs_and_wait_for_job() {
     assert!(matches!(error, Error::JobNotFound), "{error:?}");
     server.stop().await;
 }
+
+/// The original pollJobStatus semantics, for callers that cannot stream:
+/// GetJob up to max_attempts times, interval apart, on_update on every read, a
+/// typed timeout after the last.
+#[tokio::test]
+async fn polling_wait_reads_the_job_max_attempts_times() {
+    use jobq_client::{ClaimJobs, Completion, WaitOptions};
+    use std::sync::{Arc, Mutex};
+
+    let server = TestServer::start().await;
+    let client = JobQueueClient::connect(server.url()).await.unwrap();
+    let user = Uuid::new_v4();
+    let job = client.submit_job(photo(user, 1)).await.unwrap().job;
+
+    let reads = Arc::new(Mutex::new(Vec::new()));
+    let seen = reads.clone();
+    let options = WaitOptions::polling(3, Duration::from_millis(20))
+        .on_update(move |job| seen.lock().unwrap().push(job.status));
+    let error = client
+        .wait_for_job(user, job.id, options)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Timeout { job_id, last_status: JobStatus::Queued } if job_id == job.id),
+        "{error:?}"
+    );
+    assert_eq!(*reads.lock().unwrap(), vec![JobStatus::Queued; 3]);
+
+    // Finished jobs end the polling at the first read that sees them.
+    let worker = client.worker();
+    let claimed = worker
+        .claim_jobs(&ClaimJobs::new("poller", 1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let mut menu = serde_json::Map::new();
+    menu.insert("items".into(), serde_json::json!(["soup"]));
+    worker
+        .complete_job(&claimed[0].lease, Completion::new(menu).confidence(0.5))
+        .await
+        .unwrap();
+    let done = client
+        .wait_for_job(
+            user,
+            job.id,
+            WaitOptions::polling(3, Duration::from_millis(20)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.result.unwrap()["items"][0], "soup");
+    assert_eq!(done.confidence, Some(0.5));
+
+    // A second report under the same lease changes nothing and says why.
+    let again = worker
+        .fail_job(&claimed[0].lease, "late")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            again,
+            Error::InvalidStatus {
+                current: JobStatus::Completed
+            }
+        ),
+        "{again:?}"
+    );
+    server.stop().await;
+}
+
+/// CancelJob through the client, and the worker calls' typed errors: a lease that
+/// is not the job's current one is LeaseLost; a cancel request reaches Heartbeat.
+#[tokio::test]
+async fn cancel_and_the_worker_calls_are_typed() {
+    use jobq_client::{ClaimJobs, Lease};
+
+    let server = TestServer::start().await;
+    let client = JobQueueClient::connect(server.url()).await.unwrap();
+    let user = Uuid::new_v4();
+    let queued = client.submit_job(photo(user, 1)).await.unwrap().job;
+    let cancelled = client.cancel_job(user, queued.id).await.unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    let again = client.cancel_job(user, queued.id).await.unwrap_err();
+    assert!(
+        matches!(
+            again,
+            Error::InvalidStatus {
+                current: JobStatus::Cancelled
+            }
+        ),
+        "{again:?}"
+    );
+    let missing = client
+        .cancel_job(Uuid::new_v4(), queued.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, Error::JobNotFound), "{missing:?}");
+
+    let running = client.submit_job(photo(user, 2)).await.unwrap().job;
+    let worker = client.worker();
+    let claimed = worker
+        .claim_jobs(&ClaimJobs::new("typed", 5).lease(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let lease = &claimed[0].lease;
+    assert_eq!(lease.job_id, running.id);
+    assert_eq!(claimed[0].job.attempt, 1);
+    let renewed = worker.heartbeat(lease, None).await.unwrap();
+    assert!(!renewed.cancel_requested);
+    assert!(renewed.expires_at > SystemTime::now() + Duration::from_secs(20));
+
+    client.cancel_job(user, running.id).await.unwrap();
+    let renewed = worker
+        .heartbeat(lease, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(renewed.cancel_requested);
+
+    let forged = Lease {
+        lease_id: Uuid::new_v4(),
+        ..lease.clone()
+    };
+    let lost = worker.fail_job(&forged, "not mine").await.unwrap_err();
+    assert!(matches!(lost, Error::LeaseLost), "{lost:?}");
+    let settled = worker.fail_job(lease, "stopped").await.unwrap();
+    assert_eq!(settled.status, JobStatus::Cancelled);
+
+    // Bad claims name the field.
+    let bad = worker.claim_jobs(&ClaimJobs::new("", 0)).await.unwrap_err();
+    let Error::InvalidArgument { violations, .. } = bad else {
+        panic!("{bad:?}")
+    };
+    let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(fields, ["worker_id", "max_jobs"]);
+    server.stop().await;
+}

@@ -179,6 +179,8 @@ type ProgressCallback = Box<dyn FnMut(&Job) + Send>;
 pub struct WaitOptions {
     timeout: Duration,
     poll_interval: Duration,
+    max_polls: Option<u32>,
+    poll_only: bool,
     on_update: Option<ProgressCallback>,
 }
 
@@ -187,17 +189,46 @@ impl std::fmt::Debug for WaitOptions {
         f.debug_struct("WaitOptions")
             .field("timeout", &self.timeout)
             .field("poll_interval", &self.poll_interval)
+            .field("max_polls", &self.max_polls)
+            .field("poll_only", &self.poll_only)
             .field("on_update", &self.on_update.is_some())
             .finish()
     }
 }
 
 impl WaitOptions {
-    /// Wait at most `timeout` (the seed's `maxAttempts * intervalMs`).
+    /// Wait at most `timeout`, following the job with WatchJobs (and polling
+    /// only if the server cannot stream).
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
             poll_interval: Duration::from_secs(5),
+            max_polls: None,
+            poll_only: false,
+            on_update: None,
+        }
+    }
+
+    /// The original `pollJobStatus(jobId, userId, { maxAttempts, intervalMs })`:
+    /// read the job with GetJob up to `max_attempts` times, `interval` apart, and
+    /// fail with [`Error::Timeout`] if it has not finished by the last read. For
+    /// callers that cannot hold a stream open.
+    ///
+    /// ```no_run
+    /// # async fn example(client: jobq_client::JobQueueClient, user: uuid::Uuid, job: uuid::Uuid) -> Result<(), jobq_client::Error> {
+    /// use std::time::Duration;
+    /// let options = jobq_client::WaitOptions::polling(60, Duration::from_secs(5))
+    ///     .on_update(|job| println!("{:?}", job.status));
+    /// let done = client.wait_for_job(user, job, options).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn polling(max_attempts: u32, interval: Duration) -> Self {
+        Self {
+            timeout: interval.saturating_mul(max_attempts),
+            poll_interval: interval,
+            max_polls: Some(max_attempts.max(1)),
+            poll_only: true,
             on_update: None,
         }
     }
@@ -296,7 +327,7 @@ impl JobQueueClient {
         };
         let mut events =
             std::pin::pin!(self.watch_jobs(WatchJobs::user(user_id).job_ids([job_id])));
-        loop {
+        while !options.poll_only {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, events.next()).await {
                 Err(_) => {
@@ -318,15 +349,17 @@ impl JobQueueClient {
                 Ok(Some(Err(error))) => return Err(error),
             }
         }
-        // Streaming is not available: poll.
+        // Polling, by choice or because streaming is not available.
+        let mut polls = 0;
         loop {
             let job = self.get_job(user_id, job_id).await?;
+            polls += 1;
             seen(&job, &mut last);
             if finished(&job) {
                 return Ok(job);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            if remaining.is_zero() || options.max_polls.is_some_and(|max| polls >= max) {
                 return Err(Error::Timeout {
                     job_id,
                     last_status: last,
