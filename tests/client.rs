@@ -389,3 +389,50 @@ async fn cancel_and_the_worker_calls_are_typed() {
     assert_eq!(fields, ["worker_id", "max_jobs"]);
     server.stop().await;
 }
+
+/// Every unary call carries the client's deadline; `with_timeout` changes it for
+/// one use, and a call past its deadline fails at once instead of hanging (and
+/// is not retried).
+#[tokio::test]
+async fn calls_carry_their_deadline() {
+    use sqlx::Connection;
+
+    let server = TestServer::start().await;
+    let client = JobQueueClient::builder(server.url())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let user = Uuid::new_v4();
+    // Hold the user's submission lock, so that CheckQuota waits on it.
+    let mut holder = sqlx::PgConnection::connect(&server.db.url).await.unwrap();
+    let mut tx = holder.begin().await.unwrap();
+    let (high, low) = user.as_u64_pair();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(i64::from_ne_bytes((high ^ low).to_ne_bytes()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let error = client
+        .with_timeout(Duration::from_millis(300))
+        .check_quota(user)
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    let Error::Status(status) = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
+        "one attempt, cut at its deadline: {elapsed:?}"
+    );
+
+    tx.rollback().await.unwrap();
+    // The original client keeps its own deadline.
+    let quota = client.check_quota(user).await.unwrap();
+    assert!(quota.allowed);
+    server.stop().await;
+}

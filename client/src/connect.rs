@@ -94,7 +94,7 @@ pub(crate) enum Idempotence {
 }
 
 /// What every call of one connection shares.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct CallPolicy {
     authorization: Option<AsciiMetadataValue>,
     timeout: Duration,
@@ -117,6 +117,17 @@ impl Connection {
                 authorization: None,
                 timeout: DEFAULT_TIMEOUT,
                 retry: RetryPolicy::default(),
+            }),
+        }
+    }
+
+    /// The same channel, with `timeout` as the deadline of each unary call.
+    pub(crate) fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            channel: self.channel.clone(),
+            policy: Arc::new(CallPolicy {
+                timeout,
+                ..(*self.policy).clone()
             }),
         }
     }
@@ -383,6 +394,20 @@ impl JobQueueClient {
     /// The worker calls, over this client's connection and key.
     pub fn worker(&self) -> WorkerClient {
         WorkerClient::from_connection(self.connection().clone())
+    }
+
+    /// This client with another deadline for each unary call, over the same
+    /// connection: for one call that must answer sooner (or may take longer).
+    ///
+    /// ```no_run
+    /// # async fn example(client: jobq_client::JobQueueClient, user: uuid::Uuid, job: uuid::Uuid) -> Result<(), jobq_client::Error> {
+    /// use std::time::Duration;
+    /// let job = client.with_timeout(Duration::from_millis(500)).get_job(user, job).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self::from_connection(self.connection().with_timeout(timeout))
     }
 }
 
