@@ -422,7 +422,7 @@ async fn calls_carry_their_deadline() {
         .unwrap_err();
     let elapsed = started.elapsed();
     let Error::Status(status) = &error else {
-        panic!("{error:?}")
+        panic!("expected DEADLINE_EXCEEDED, got {error:?} after {elapsed:?}")
     };
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(

@@ -128,12 +128,22 @@ impl Error {
 /// Whether `status` was made by this side's transport (the connection failed,
 /// or the server closed it while shutting down) rather than sent by the server.
 pub(crate) fn transport_failure(status: &Status) -> bool {
-    std::error::Error::source(status)
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Internal | Code::Unavailable
+    ) && std::error::Error::source(status)
         .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
 }
 
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
+        // A tonic server cuts a call at its deadline with CANCELLED "Timeout
+        // expired"; gRPC calls that DEADLINE_EXCEEDED, and so does this client.
+        let status = if status.code() == Code::Cancelled && status.message() == "Timeout expired" {
+            Status::deadline_exceeded("the call's deadline passed on the server")
+        } else {
+            status
+        };
         if transport_failure(&status) {
             return Self::Unavailable {
                 message: status.message().to_owned(),

@@ -210,9 +210,9 @@ impl WaitOptions {
     }
 
     /// The original `pollJobStatus(jobId, userId, { maxAttempts, intervalMs })`:
-    /// read the job with GetJob up to `max_attempts` times, `interval` apart, and
-    /// fail with [`Error::Timeout`] if it has not finished by the last read. For
-    /// callers that cannot hold a stream open.
+    /// read the job with GetJob up to `max_attempts` times, `interval` apart
+    /// (however long each read takes), and fail with [`Error::Timeout`] if it has
+    /// not finished by the last read. For callers that cannot hold a stream open.
     ///
     /// ```no_run
     /// # async fn example(client: jobq_client::JobQueueClient, user: uuid::Uuid, job: uuid::Uuid) -> Result<(), jobq_client::Error> {
@@ -325,28 +325,32 @@ impl JobQueueClient {
                 callback(job);
             }
         };
-        let mut events =
-            std::pin::pin!(self.watch_jobs(WatchJobs::user(user_id).job_ids([job_id])));
-        while !options.poll_only {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, events.next()).await {
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        job_id,
-                        last_status: last,
-                    });
-                }
-                Ok(Some(Ok(event))) => {
-                    seen(&event.job, &mut last);
-                    if finished(&event.job) {
-                        return Ok(event.job);
+        if !options.poll_only {
+            let mut events =
+                std::pin::pin!(self.watch_jobs(WatchJobs::user(user_id).job_ids([job_id])));
+            loop {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, events.next()).await {
+                    Err(_) => {
+                        return Err(Error::Timeout {
+                            job_id,
+                            last_status: last,
+                        });
                     }
+                    Ok(Some(Ok(event))) => {
+                        seen(&event.job, &mut last);
+                        if finished(&event.job) {
+                            return Ok(event.job);
+                        }
+                    }
+                    Ok(Some(Err(Error::Status(status))))
+                        if status.code() == Code::Unimplemented =>
+                    {
+                        break;
+                    }
+                    Ok(Some(Err(Error::Unavailable { .. }))) | Ok(None) => break,
+                    Ok(Some(Err(error))) => return Err(error),
                 }
-                Ok(Some(Err(Error::Status(status)))) if status.code() == Code::Unimplemented => {
-                    break;
-                }
-                Ok(Some(Err(Error::Unavailable { .. }))) | Ok(None) => break,
-                Ok(Some(Err(error))) => return Err(error),
             }
         }
         // Polling, by choice or because streaming is not available.
@@ -358,14 +362,20 @@ impl JobQueueClient {
             if finished(&job) {
                 return Ok(job);
             }
+            // `polling` counts reads, as the original did (however long each
+            // takes); otherwise the deadline decides.
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() || options.max_polls.is_some_and(|max| polls >= max) {
+            let (done, pause) = match options.max_polls {
+                Some(max) => (polls >= max, options.poll_interval),
+                None => (remaining.is_zero(), options.poll_interval.min(remaining)),
+            };
+            if done {
                 return Err(Error::Timeout {
                     job_id,
                     last_status: last,
                 });
             }
-            tokio::time::sleep(options.poll_interval.min(remaining)).await;
+            tokio::time::sleep(pause).await;
         }
     }
 }
