@@ -9,10 +9,11 @@ use jobq_proto::pb::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
-use crate::config::Config;
+use crate::auth::{AuthLayer, Authenticator};
+use crate::config::{AuthMode, Config, ConfigError};
 use crate::grpc::admin::AdminApi;
 use crate::grpc::jobs::{JobQueueApi, Watching};
 use crate::grpc::worker::WorkerApi;
@@ -33,6 +34,9 @@ pub enum AppError {
     /// Serving failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The configuration cannot be served as it is.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// A jobq server whose database is ready (created and migrated).
@@ -66,6 +70,19 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AppError> {
         let Self { config, storage } = self;
+        if let Ok(address) = listener.local_addr() {
+            config.check_listen(address)?;
+        }
+        let authenticator = match config.auth {
+            AuthMode::Required => Authenticator::Keys(storage.clone()),
+            AuthMode::Disabled => {
+                tracing::warn!(
+                    "AUTHENTICATION IS DISABLED (--auth disabled): every caller may do \
+                     anything. For local debugging only; this server listens on loopback only."
+                );
+                Authenticator::Disabled
+            }
+        };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health::set_all(&health_reporter, ServingStatus::NotServing).await;
 
@@ -82,7 +99,11 @@ impl App {
         ));
         let watching = Watching {
             feed: feed.clone(),
-            slots: StreamSlots::new(config.max_streams_per_user, config.max_streams),
+            slots: StreamSlots::new(
+                config.max_streams_per_user,
+                config.max_streams_per_key,
+                config.max_streams,
+            ),
             stop: stop_rx.clone(),
         };
         let reaper_task = tokio::spawn(reaper::run(
@@ -107,21 +128,46 @@ impl App {
         ));
 
         let mut stopping = stop_rx.clone();
-        let router = Server::builder()
+        let mut server = Server::builder()
+            // A call past its deadline (the caller's, or at most rpc_timeout) is
+            // cut with DEADLINE_EXCEEDED; streams run on after their first answer.
+            .timeout(config.rpc_timeout)
+            // Beyond this many calls at once on one connection, refuse at once
+            // (RESOURCE_EXHAUSTED) instead of queueing without bound.
+            .concurrency_limit_per_connection(config.max_calls_per_connection)
+            .load_shed(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        if let Some(tls) = &config.tls {
+            let mut tls_config =
+                ServerTlsConfig::new().identity(Identity::from_pem(&tls.certificate, &tls.key));
+            if let Some(ca) = &tls.client_ca {
+                tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+            }
+            server = server.tls_config(tls_config)?;
+        }
+        let max_message = config.max_message_bytes;
+        let router = server
             .layer(RpcLogLayer)
+            .layer(AuthLayer::new(authenticator))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(JobQueueServiceServer::new(JobQueueApi::new(
-                storage.clone(),
-                config.plans.clone(),
-                watching,
-            )))
-            .add_service(WorkerServiceServer::new(worker_api))
-            .add_service(AdminServiceServer::new(AdminApi::new(
-                storage.clone(),
-                config.plans.clone(),
-            )));
+            .add_service(
+                JobQueueServiceServer::new(JobQueueApi::new(
+                    storage.clone(),
+                    config.plans.clone(),
+                    watching,
+                ))
+                .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                WorkerServiceServer::new(worker_api).max_decoding_message_size(max_message),
+            )
+            .add_service(
+                AdminServiceServer::new(AdminApi::new(storage.clone(), config.plans.clone()))
+                    .max_decoding_message_size(max_message),
+            );
         match listener.local_addr() {
             Ok(address) => tracing::info!(listen = %address, "serving"),
             Err(_) => tracing::info!("serving"),

@@ -40,6 +40,47 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create the database if needed, apply the migrations, and exit.
     Migrate(DatabaseArgs),
+    /// Manage API keys, directly in the database (no server needed).
+    Keys(KeysArgs),
+}
+
+/// `jobq-server keys`.
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// What to do with keys.
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+/// The key subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysAction {
+    /// Create a key and print it (it is shown only this once).
+    Create {
+        /// admin (everything), service (jobs of any user), user (jobs of --user
+        /// only) or worker (the worker protocol only).
+        #[arg(long, value_parser = ["admin", "service", "user", "worker"])]
+        role: String,
+        /// The user a `user` key acts for (a UUID); only for that role.
+        #[arg(long)]
+        user: Option<uuid::Uuid>,
+        /// A name for people to tell keys apart (1 to 100 characters).
+        #[arg(long)]
+        name: String,
+    },
+    /// List the keys (never their secrets).
+    List {
+        /// Also list revoked keys.
+        #[arg(long)]
+        include_revoked: bool,
+    },
+    /// Revoke a key: it stops working on its next call, on every server.
+    Revoke {
+        /// The key's id (a UUID, as `keys list` shows it).
+        id: uuid::Uuid,
+    },
 }
 
 /// Where the database is.
@@ -93,10 +134,84 @@ pub struct ServeArgs {
     /// Most WatchJobs streams open at once for one user (all-users streams share one count).
     #[arg(long, env = "JOBQ_MAX_STREAMS_PER_USER", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_user: u32,
+    /// Most WatchJobs streams open at once with one API key.
+    #[arg(long, env = "JOBQ_MAX_STREAMS_PER_KEY", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_key: u32,
     /// On SIGINT/SIGTERM, how long in-flight calls get to finish before the server
     /// exits anyway.
     #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// `required`: every call but health and reflection needs an API key.
+    /// `disabled`: anyone may do anything, for local debugging only; refused
+    /// unless the listen address is loopback.
+    #[arg(long, env = "JOBQ_AUTH", value_enum, default_value_t = AuthMode::Required)]
+    pub auth: AuthMode,
+    /// PEM certificate chain to serve TLS with (with --tls-key).
+    #[arg(long, env = "JOBQ_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "JOBQ_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate signed by
+    /// one of them (mutual TLS). Needs --tls-cert.
+    #[arg(long, env = "JOBQ_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "JOBQ_MAX_MESSAGE_BYTES", default_value_t = 8_388_608, value_parser = clap::value_parser!(u64).range(65_536..=67_108_864))]
+    pub max_message_bytes: u64,
+    /// Longest a unary call may run on the server (a caller's shorter deadline
+    /// wins). Must exceed ClaimJobs' longest wait, 30 s.
+    #[arg(long, env = "JOBQ_RPC_TIMEOUT", default_value = "60s", value_parser = parse_rpc_timeout)]
+    pub rpc_timeout: Duration,
+    /// Most calls running at once on one connection; further calls are refused
+    /// at once with RESOURCE_EXHAUSTED (load shedding) rather than queued.
+    #[arg(long, env = "JOBQ_MAX_CALLS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_calls_per_connection: u32,
+}
+
+/// Whether callers must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Every call but health and reflection needs a valid API key.
+    Required,
+    /// No keys: local debugging only (loopback addresses only).
+    Disabled,
+}
+
+/// The server's TLS files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub certificate: Vec<u8>,
+    /// PEM private key.
+    pub key: Vec<u8>,
+    /// PEM CA certificates client certificates must chain to (mutual TLS).
+    pub client_ca: Option<Vec<u8>>,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The plans file.
+    #[error(transparent)]
+    Plans(#[from] PlansError),
+    /// A TLS file could not be read.
+    #[error("cannot read {flag} {}: {source}", .path.display())]
+    TlsFile {
+        /// The flag that named it.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--auth disabled` with an address other machines can reach.
+    #[error(
+        "--auth disabled is refused on {0}: it would let anyone who reaches that address do anything. \
+         Listen on a loopback address (127.0.0.1 or ::1) to debug without keys, or keep --auth required \
+         and create a key with `jobq-server keys create`"
+    )]
+    AuthDisabledNotLoopback(SocketAddr),
 }
 
 /// Log output format.
@@ -133,6 +248,18 @@ pub struct Config {
     pub max_streams: usize,
     /// Most WatchJobs streams open at once for one user.
     pub max_streams_per_user: usize,
+    /// Most WatchJobs streams open at once with one API key.
+    pub max_streams_per_key: usize,
+    /// Whether callers must authenticate.
+    pub auth: AuthMode,
+    /// TLS, when served.
+    pub tls: Option<TlsFiles>,
+    /// Largest request message, in bytes.
+    pub max_message_bytes: usize,
+    /// Longest a unary call may run.
+    pub rpc_timeout: Duration,
+    /// Most calls at once on one connection.
+    pub max_calls_per_connection: usize,
 }
 
 impl Config {
@@ -153,17 +280,53 @@ impl Config {
             claim_poll_interval: Duration::from_secs(10),
             max_streams: 20_000,
             max_streams_per_user: 50,
+            max_streams_per_key: 10_000,
+            auth: AuthMode::Required,
+            tls: None,
+            max_message_bytes: 8_388_608,
+            rpc_timeout: Duration::from_secs(60),
+            max_calls_per_connection: 256,
         }
     }
 
-    /// The configuration `args` describe, with the plans file (if any) read and
-    /// checked.
-    pub fn load(args: &ServeArgs) -> Result<Self, PlansError> {
+    /// Checks that serving on `address` is safe with this configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError::AuthDisabledNotLoopback`].
+    pub fn check_listen(&self, address: SocketAddr) -> Result<(), ConfigError> {
+        if self.auth == AuthMode::Disabled && !address.ip().is_loopback() {
+            return Err(ConfigError::AuthDisabledNotLoopback(address));
+        }
+        Ok(())
+    }
+
+    /// The configuration `args` describe, with the plans file and TLS files (if
+    /// any) read and checked, and the listen address checked against `--auth`.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
         let plans = match &args.plans {
             Some(path) => Plans::load(path)?,
             None => Plans::builtin(),
         };
-        Ok(Self {
+        let read = |flag: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ConfigError::TlsFile {
+                flag,
+                path: path.clone(),
+                source,
+            })
+        };
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                certificate: read("--tls-cert", cert)?,
+                key: read("--tls-key", key)?,
+                client_ca: args
+                    .tls_client_ca
+                    .as_ref()
+                    .map(|ca| read("--tls-client-ca", ca))
+                    .transpose()?,
+            }),
+            _ => None,
+        };
+        let config = Self {
             database_url: args.database.database_url.clone(),
             db_max_connections: args.database.db_max_connections,
             health_interval: args.health_interval,
@@ -178,7 +341,15 @@ impl Config {
             claim_poll_interval: args.claim_poll_interval,
             max_streams: args.max_streams as usize,
             max_streams_per_user: args.max_streams_per_user as usize,
-        })
+            max_streams_per_key: args.max_streams_per_key as usize,
+            auth: args.auth,
+            tls,
+            max_message_bytes: usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX),
+            rpc_timeout: args.rpc_timeout,
+            max_calls_per_connection: args.max_calls_per_connection as usize,
+        };
+        config.check_listen(args.listen)?;
+        Ok(config)
     }
 }
 
@@ -197,6 +368,17 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
         return Err(format!("must be between {MIN_LEASE:?} and {MAX_LEASE:?}"));
     }
     Ok(lease)
+}
+
+fn parse_rpc_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout <= crate::convert::MAX_WAIT {
+        return Err(format!(
+            "must be longer than ClaimJobs' longest wait ({:?})",
+            crate::convert::MAX_WAIT
+        ));
+    }
+    Ok(timeout)
 }
 
 /// Parses `250ms`, `5s`, `2m` or `1h` (a whole number and a unit).

@@ -118,6 +118,15 @@ pub enum Error {
     /// with its last resume token.
     #[error("the server is shutting down; reconnect with the last resume_token received")]
     ServerStopping,
+    /// No API key has this id.
+    #[error("no API key {0}")]
+    KeyNotFound(uuid::Uuid),
+    /// The call carried no API key, or one that is not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's key may not make this call.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The database could not be reached; the call may be retried.
     #[error("database unavailable")]
     Unavailable(#[source] StorageError),
@@ -193,6 +202,9 @@ impl Error {
             Self::LeaseLost => "LEASE_LOST",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::ServerStopping => "SERVER_STOPPING",
+            Self::KeyNotFound(_) => "API_KEY_NOT_FOUND",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Self::Aborted(_) => "CONCURRENT_CHANGE",
             Self::Internal(_) => "INTERNAL",
@@ -202,7 +214,7 @@ impl Error {
     fn code(&self) -> Code {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::JobNotFound => Code::NotFound,
+            Self::JobNotFound | Self::KeyNotFound(_) => Code::NotFound,
             Self::QuotaExceeded { .. } | Self::RateLimited { .. } | Self::TooManyStreams { .. } => {
                 Code::ResourceExhausted
             }
@@ -210,6 +222,8 @@ impl Error {
             Self::MaxRetriesExceeded { .. } | Self::InvalidStatus { .. } | Self::LeaseLost => {
                 Code::FailedPrecondition
             }
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Aborted(_) => Code::Aborted,
             Self::Internal(_) => Code::Internal,
@@ -245,7 +259,12 @@ impl From<Error> for Status {
                 }
                 error.to_string()
             }
-            Error::JobNotFound | Error::LeaseLost | Error::ServerStopping => error.to_string(),
+            Error::JobNotFound
+            | Error::LeaseLost
+            | Error::ServerStopping
+            | Error::KeyNotFound(_)
+            | Error::Unauthenticated(_)
+            | Error::PermissionDenied(_) => error.to_string(),
             Error::TooManyStreams { scope, limit } => {
                 put("scope", (*scope).to_owned());
                 put("limit", limit.to_string());

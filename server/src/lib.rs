@@ -11,6 +11,7 @@
 //!
 //! [`App`] wires them together; `main.rs` only parses the command line.
 
+pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod error;

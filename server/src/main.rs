@@ -3,7 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use jobq_server::config::{Cli, Command, LogFormat};
+use jobq_server::auth::{self, Role};
+use jobq_server::config::{Cli, Command, KeysAction, KeysArgs, LogFormat};
+use jobq_server::job::UserId;
+use jobq_server::storage::Storage;
+use jobq_server::storage::keys::ApiKeyRecord;
 use jobq_server::{App, Config, telemetry};
 use tokio::net::TcpListener;
 
@@ -17,6 +21,7 @@ async fn main() -> ExitCode {
                 .await
                 .map_err(|e| e.to_string())
         }
+        Some(Command::Keys(args)) => keys(args).await,
         Some(Command::Serve(args)) => serve(&args).await,
         None => serve(&cli.serve).await,
     };
@@ -40,6 +45,73 @@ async fn serve(args: &jobq_server::config::ServeArgs) -> Result<(), String> {
     app.serve(listener, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// `jobq-server keys ...`: straight to the database, so the first admin key can
+/// be made before any server runs.
+async fn keys(args: KeysArgs) -> Result<(), String> {
+    let storage = Storage::open(&args.database.database_url, 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = match args.action {
+        KeysAction::Create { role, user, name } => {
+            auth::create_key(&storage, &name, Role::parse(&role), user.map(UserId))
+                .await
+                .map(|(record, text)| {
+                    // The key alone on stdout, for scripts; the rest on stderr.
+                    println!("{text}");
+                    eprintln!(
+                        "created {} key {} ({}): store it now, it is not shown again",
+                        record.role, record.id, record.name
+                    );
+                })
+                .map_err(|e| e.to_string())
+        }
+        KeysAction::List { include_revoked } => storage
+            .list_keys(include_revoked)
+            .await
+            .map(|keys| print_keys(&keys))
+            .map_err(|e| e.to_string()),
+        KeysAction::Revoke { id } => match storage.revoke_key(id).await {
+            Ok(Some(record)) => {
+                println!(
+                    "revoked key {} ({}, {})",
+                    record.id, record.role, record.name
+                );
+                Ok(())
+            }
+            Ok(None) => Err(format!("no key {id}")),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    storage.close().await;
+    result
+}
+
+fn print_keys(keys: &[ApiKeyRecord]) {
+    let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or_else(
+            || "-".to_owned(),
+            |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+    };
+    println!(
+        "{:<36}  {:<7}  {:<36}  {:<20}  {:<20}  {:<20}  NAME",
+        "ID", "ROLE", "USER", "CREATED", "LAST USED", "REVOKED"
+    );
+    for key in keys {
+        println!(
+            "{:<36}  {:<7}  {:<36}  {:<20}  {:<20}  {:<20}  {}",
+            key.id,
+            key.role,
+            key.user_id
+                .map_or_else(|| "-".to_owned(), |u| u.0.to_string()),
+            time(Some(key.created_at)),
+            time(key.last_used_at),
+            time(key.revoked_at),
+            key.name
+        );
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

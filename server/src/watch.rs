@@ -287,8 +287,17 @@ pub async fn listen(
 #[derive(Debug)]
 pub struct StreamSlots {
     per_user: usize,
+    per_key: usize,
     total: usize,
-    open: Mutex<(usize, HashMap<Option<UserId>, usize>)>,
+    open: Mutex<OpenStreams>,
+}
+
+/// Counts of open streams.
+#[derive(Debug, Default)]
+struct OpenStreams {
+    total: usize,
+    per_user: HashMap<Option<UserId>, usize>,
+    per_key: HashMap<uuid::Uuid, usize>,
 }
 
 /// An open stream's place under the caps; dropping it frees the place.
@@ -296,43 +305,74 @@ pub struct StreamSlots {
 pub struct StreamSlot {
     slots: Arc<StreamSlots>,
     user: Option<UserId>,
+    key: Option<uuid::Uuid>,
+}
+
+/// Takes one from `map[key]`, forgetting keys that reach zero.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = map.get_mut(key) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 impl StreamSlots {
-    /// Caps of `per_user` and `total` open streams.
-    pub fn new(per_user: usize, total: usize) -> Arc<Self> {
+    /// Caps of `per_user` open streams watching one user (all-users streams
+    /// share one count), `per_key` opened with one API key, and `total`.
+    pub fn new(per_user: usize, per_key: usize, total: usize) -> Arc<Self> {
         Arc::new(Self {
             per_user,
+            per_key,
             total,
-            open: Mutex::new((0, HashMap::new())),
+            open: Mutex::new(OpenStreams::default()),
         })
     }
 
-    /// A place for one more stream of `user`, or why not.
-    pub fn acquire(self: &Arc<Self>, user: Option<UserId>) -> Result<StreamSlot, Error> {
+    /// A place for one more stream of `user`, opened with API key `key`, or why not.
+    pub fn acquire(
+        self: &Arc<Self>,
+        user: Option<UserId>,
+        key: Option<uuid::Uuid>,
+    ) -> Result<StreamSlot, Error> {
         let mut open = self
             .open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (total, per_user) = &mut *open;
-        if *total >= self.total {
+        if open.total >= self.total {
             return Err(Error::TooManyStreams {
                 scope: "server",
                 limit: self.total,
             });
         }
-        let count = per_user.entry(user).or_default();
-        if *count >= self.per_user {
+        if open
+            .per_user
+            .get(&user)
+            .is_some_and(|n| *n >= self.per_user)
+        {
             return Err(Error::TooManyStreams {
                 scope: "user",
                 limit: self.per_user,
             });
         }
-        *count += 1;
-        *total += 1;
+        if let Some(key) = key
+            && open.per_key.get(&key).is_some_and(|n| *n >= self.per_key)
+        {
+            return Err(Error::TooManyStreams {
+                scope: "key",
+                limit: self.per_key,
+            });
+        }
+        open.total += 1;
+        *open.per_user.entry(user).or_default() += 1;
+        if let Some(key) = key {
+            *open.per_key.entry(key).or_default() += 1;
+        }
         Ok(StreamSlot {
             slots: self.clone(),
             user,
+            key,
         })
     }
 }
@@ -344,13 +384,10 @@ impl Drop for StreamSlot {
             .open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (total, per_user) = &mut *open;
-        *total = total.saturating_sub(1);
-        if let Some(count) = per_user.get_mut(&self.user) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                per_user.remove(&self.user);
-            }
+        open.total = open.total.saturating_sub(1);
+        release(&mut open.per_user, &self.user);
+        if let Some(key) = &self.key {
+            release(&mut open.per_key, key);
         }
     }
 }
@@ -582,25 +619,33 @@ mod tests {
     }
 
     #[test]
-    fn stream_caps_hold_per_user_and_in_total() {
-        let slots = StreamSlots::new(2, 3);
-        let alice = Some(UserId(uuid::Uuid::new_v4()));
-        let bob = Some(UserId(uuid::Uuid::new_v4()));
-        let a1 = slots.acquire(alice).unwrap();
-        let _a2 = slots.acquire(alice).unwrap();
+    fn stream_caps_hold_per_user_per_key_and_in_total() {
+        let slots = StreamSlots::new(2, 2, 5);
+        let user = || Some(UserId(uuid::Uuid::new_v4()));
+        let alice = user();
+        let a1 = slots.acquire(alice, None).unwrap();
+        let _a2 = slots.acquire(alice, None).unwrap();
         assert!(matches!(
-            slots.acquire(alice),
+            slots.acquire(alice, None),
             Err(Error::TooManyStreams { scope: "user", .. })
         ));
-        let _b1 = slots.acquire(bob).unwrap();
+        // One service key watching other users: two streams, then its cap.
+        let key = Some(uuid::Uuid::new_v4());
+        let _b1 = slots.acquire(user(), key).unwrap();
+        let _c1 = slots.acquire(user(), key).unwrap();
         assert!(matches!(
-            slots.acquire(None),
+            slots.acquire(user(), key),
+            Err(Error::TooManyStreams { scope: "key", .. })
+        ));
+        let _all = slots.acquire(None, None).unwrap();
+        assert!(matches!(
+            slots.acquire(user(), None),
             Err(Error::TooManyStreams {
                 scope: "server",
                 ..
             })
         ));
         drop(a1);
-        assert!(slots.acquire(alice).is_ok());
+        assert!(slots.acquire(alice, None).is_ok());
     }
 }

@@ -36,6 +36,9 @@ impl ServerProcess {
     /// and the environment `env`, and waits until it serves.
     async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(server_binary())
+            // Keys are the business of the auth tests; a test that wants them
+            // passes --auth required (flags win over the environment).
+            .env("JOBQ_AUTH", "disabled")
             .envs(env.iter().copied())
             .env("JOBQ_LOG_FORMAT", "json")
             .args(["--listen", "127.0.0.1:0"])

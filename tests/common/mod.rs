@@ -10,6 +10,7 @@ use std::time::Duration;
 use jobq_client::JobQueueClient;
 use jobq_proto::pb;
 use jobq_proto::pb::job_queue_service_client::JobQueueServiceClient;
+use jobq_server::config::AuthMode;
 use jobq_server::plans::Plans;
 use jobq_server::{App, Config};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -138,6 +139,8 @@ impl TestServer {
             shutdown_grace: Duration::from_secs(5),
             plans: Arc::new(plans),
             reaper_interval: Duration::from_millis(200),
+            // The auth tests turn it on; the rest test other things on loopback.
+            auth: AuthMode::Disabled,
             ..Config::new(db.url.clone())
         }
     }

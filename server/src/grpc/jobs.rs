@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::convert::{self, JobRef, status_to_pb};
 use crate::error::Error;
 use crate::job::{ListCursor, ListQuery, NewJob, UserId};
@@ -58,7 +59,9 @@ impl JobQueueService for JobQueueApi {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let caller = auth::principal(&request);
         let new = NewJob::try_from(request.into_inner())?;
+        caller.may_act_for(new.user_id)?;
         let (job, deduplicated) = match self
             .storage
             .submit_job(&new, &self.plans)
@@ -89,7 +92,9 @@ impl JobQueueService for JobQueueApi {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let caller = auth::principal(&request);
         let JobRef { job_id, user_id } = request.into_inner().try_into()?;
+        caller.may_act_for(user_id)?;
         let job = self
             .storage
             .get_job(job_id, user_id)
@@ -105,7 +110,9 @@ impl JobQueueService for JobQueueApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = auth::principal(&request);
         let query = ListQuery::try_from(request.into_inner())?;
+        caller.may_act_for(query.user_id)?;
         let (jobs, more) = self.storage.list_jobs(&query).await.map_err(Error::from)?;
         let next_page_token = match jobs.last() {
             Some(last) if more => PageToken::encode(
@@ -128,7 +135,9 @@ impl JobQueueService for JobQueueApi {
         &self,
         request: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
+        let caller = auth::principal(&request);
         let JobRef { job_id, user_id } = request.into_inner().try_into()?;
+        caller.may_act_for(user_id)?;
         let outcome = self
             .storage
             .retry_job(job_id, user_id, MAX_RETRIES)
@@ -165,7 +174,9 @@ impl JobQueueService for JobQueueApi {
         &self,
         request: Request<pb::CheckQuotaRequest>,
     ) -> Result<Response<pb::CheckQuotaResponse>, Status> {
+        let caller = auth::principal(&request);
         let user_id = UserId::try_from(request.into_inner())?;
+        caller.may_act_for(user_id)?;
         let status = self
             .storage
             .quota_status(user_id, &self.plans)
@@ -178,7 +189,9 @@ impl JobQueueService for JobQueueApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let caller = auth::principal(&request);
         let JobRef { job_id, user_id } = request.into_inner().try_into()?;
+        caller.may_act_for(user_id)?;
         let job = match self
             .storage
             .cancel_job(job_id, user_id)
@@ -208,8 +221,13 @@ impl JobQueueService for JobQueueApi {
         &self,
         request: Request<pb::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let caller = auth::principal(&request);
         let (filter, resume) = convert::watch_request(request.into_inner())?;
-        let slot = self.watch.slots.acquire(filter.user_id)?;
+        match filter.user_id {
+            Some(user) => caller.may_act_for(user)?,
+            None => caller.may_watch_all()?,
+        }
+        let slot = self.watch.slots.acquire(filter.user_id, caller.key_id)?;
         let storage = self.storage.clone();
         let stop = self.watch.stop.clone();
         let stream = match resume {

@@ -15,6 +15,7 @@ macro_rules! job_columns {
 
 pub mod changes;
 pub mod jobs;
+pub mod keys;
 pub mod leases;
 pub mod usage;
 
