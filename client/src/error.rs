@@ -127,11 +127,10 @@ impl Error {
 
 /// Whether `status` was made by this side's transport (the connection failed,
 /// or the server closed it while shutting down) rather than sent by the server.
+/// Such a status has a transport error as its source, whatever its code (tonic
+/// reports a GOAWAY as INTERNAL and a connection closed mid-call as CANCELLED).
 pub(crate) fn transport_failure(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unknown | Code::Internal | Code::Unavailable
-    ) && std::error::Error::source(status)
+    std::error::Error::source(status)
         .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
 }
 

@@ -17,6 +17,7 @@ use crate::config::{AuthMode, Config, ConfigError};
 use crate::grpc::admin::AdminApi;
 use crate::grpc::jobs::{JobQueueApi, Watching};
 use crate::grpc::worker::WorkerApi;
+use crate::protocol::RequestStatusLayer;
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::RpcLogLayer;
 use crate::watch::{self as change_feed, ChangeFeed, StreamSlots};
@@ -149,6 +150,7 @@ impl App {
         let max_message = config.max_message_bytes;
         let router = server
             .layer(RpcLogLayer)
+            .layer(RequestStatusLayer)
             .layer(AuthLayer::new(authenticator))
             .add_service(health_service)
             .add_service(reflection_v1)

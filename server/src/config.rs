@@ -47,8 +47,6 @@ pub enum Command {
 /// `jobq-server keys`.
 #[derive(Debug, Clone, Args)]
 pub struct KeysArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
     /// What to do with keys.
     #[command(subcommand)]
     pub action: KeysAction,
@@ -69,17 +67,23 @@ pub enum KeysAction {
         /// A name for people to tell keys apart (1 to 100 characters).
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// List the keys (never their secrets).
     List {
         /// Also list revoked keys.
         #[arg(long)]
         include_revoked: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Revoke a key: it stops working on its next call, on every server.
     Revoke {
         /// The key's id (a UUID, as `keys list` shows it).
         id: uuid::Uuid,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -167,6 +171,17 @@ pub struct ServeArgs {
     /// at once with RESOURCE_EXHAUSTED (load shedding) rather than queued.
     #[arg(long, env = "JOBQ_MAX_CALLS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_calls_per_connection: u32,
+}
+
+impl KeysAction {
+    /// Where the keys are.
+    pub fn database(&self) -> &DatabaseArgs {
+        match self {
+            Self::Create { database, .. }
+            | Self::List { database, .. }
+            | Self::Revoke { database, .. } => database,
+        }
+    }
 }
 
 /// Whether callers must authenticate.

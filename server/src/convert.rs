@@ -321,6 +321,13 @@ pub const MAX_ERROR_MESSAGE_LEN: usize = 8192;
 pub const MAX_MODEL_LEN: usize = 200;
 
 fn duration(value: prost_types::Duration) -> Result<std::time::Duration, String> {
+    // google.protobuf.Duration keeps nanos within a second, of the sign of seconds.
+    if !(-999_999_999..=999_999_999).contains(&value.nanos) {
+        return Err(format!(
+            "nanos must be within -999999999..=999999999, got {}",
+            value.nanos
+        ));
+    }
     std::time::Duration::try_from(value).map_err(|_| "must be a non-negative duration".to_owned())
 }
 

@@ -20,6 +20,7 @@ pub mod health;
 pub mod job;
 pub mod page_token;
 pub mod plans;
+pub mod protocol;
 pub mod quota;
 pub mod reaper;
 pub mod resume;

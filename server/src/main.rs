@@ -50,11 +50,13 @@ async fn serve(args: &jobq_server::config::ServeArgs) -> Result<(), String> {
 /// `jobq-server keys ...`: straight to the database, so the first admin key can
 /// be made before any server runs.
 async fn keys(args: KeysArgs) -> Result<(), String> {
-    let storage = Storage::open(&args.database.database_url, 2)
+    let storage = Storage::open(&args.action.database().database_url, 2)
         .await
         .map_err(|e| e.to_string())?;
     let result = match args.action {
-        KeysAction::Create { role, user, name } => {
+        KeysAction::Create {
+            role, user, name, ..
+        } => {
             auth::create_key(&storage, &name, Role::parse(&role), user.map(UserId))
                 .await
                 .map(|(record, text)| {
@@ -67,12 +69,14 @@ async fn keys(args: KeysArgs) -> Result<(), String> {
                 })
                 .map_err(|e| e.to_string())
         }
-        KeysAction::List { include_revoked } => storage
+        KeysAction::List {
+            include_revoked, ..
+        } => storage
             .list_keys(include_revoked)
             .await
             .map(|keys| print_keys(&keys))
             .map_err(|e| e.to_string()),
-        KeysAction::Revoke { id } => match storage.revoke_key(id).await {
+        KeysAction::Revoke { id, .. } => match storage.revoke_key(id).await {
             Ok(Some(record)) => {
                 println!(
                     "revoked key {} ({}, {})",

@@ -459,3 +459,112 @@ async fn a_watcher_on_one_server_sees_every_change_made_through_another() {
     assert!(b.terminate().await.success());
     db.drop_database().await;
 }
+
+/// `--auth disabled` is for a developer's own machine: on an address others can
+/// reach, the server does not start, and says why.
+#[tokio::test]
+async fn auth_disabled_on_a_non_loopback_address_refuses_to_start() {
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let output = Command::new(server_binary())
+            .args(["--listen", listen, "--auth", "disabled"])
+            // Never reached: the check comes first.
+            .args(["--database-url", "postgres://nobody@127.0.0.1:1/never"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{listen}: {stderr}");
+        assert!(
+            stderr.contains("--auth disabled is refused on")
+                && stderr.contains("loopback")
+                && stderr.contains("keys create"),
+            "{listen}: {stderr}"
+        );
+    }
+}
+
+/// `jobq-server keys create|list|revoke` against the database, and the keys at
+/// work on a server that requires them.
+#[tokio::test]
+async fn keys_are_managed_from_the_command_line() {
+    let db = TestDb::new();
+    let keys = |args: &[&str]| {
+        Command::new(server_binary())
+            .arg("keys")
+            .args(args)
+            .args(["--database-url", &db.url])
+            .output()
+            .unwrap()
+    };
+    let created = keys(&["create", "--role", "service", "--name", "menu backend"]);
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("jobq_"), "only the key on stdout: {key}");
+    assert!(String::from_utf8_lossy(&created.stderr).contains("not shown again"));
+    let id = Uuid::parse_str(&key[5..37]).unwrap();
+
+    let bad = keys(&["create", "--role", "user", "--name", "no user"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("user_id"),
+        "{bad:?}"
+    );
+    let bad = keys(&["create", "--role", "root", "--name", "x"]);
+    assert!(!bad.status.success());
+
+    let listed = String::from_utf8(keys(&["list"]).stdout).unwrap();
+    assert!(
+        listed.contains(&id.to_string()) && listed.contains("menu backend"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&key[38..]), "no secret in the listing");
+
+    let server =
+        ServerProcess::start(&["--auth", "required", "--database-url", &db.url], &[]).await;
+    let mut client = server.client().await;
+    let quota = |key: &str| {
+        let mut request = tonic::Request::new(pb::CheckQuotaRequest {
+            user_id: Uuid::new_v4().to_string(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        request
+    };
+    client
+        .check_quota(quota(&key))
+        .await
+        .expect("the new key works");
+    let no_key = client
+        .check_quota(pb::CheckQuotaRequest {
+            user_id: Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_key.code(), Code::Unauthenticated);
+
+    let revoked = keys(&["revoke", &id.to_string()]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let status = client.check_quota(quota(&key)).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "revoked on its next call"
+    );
+    let missing = keys(&["revoke", &Uuid::new_v4().to_string()]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&keys(&["list"]).stdout)
+            .lines()
+            .count()
+            == 1,
+        "only the header: revoked keys are hidden"
+    );
+    assert!(
+        String::from_utf8_lossy(&keys(&["list", "--include-revoked"]).stdout)
+            .contains(&id.to_string())
+    );
+
+    let status = server.terminate().await;
+    assert!(status.success());
+    db.drop_database().await;
+}

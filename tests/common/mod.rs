@@ -188,8 +188,7 @@ impl TestServer {
             .await
             .expect("server ran");
         });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("valid URL")
+        let channel = harness_endpoint(&config, addr)
             .connect()
             .await
             .expect("connect to the test server");
@@ -205,8 +204,9 @@ impl TestServer {
         }
     }
 
+    /// `http://127.0.0.1:<port>`, or `https://` when the server serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        server_url(&self.config, self.addr)
     }
 
     pub fn channel(&self) -> Channel {
@@ -220,8 +220,7 @@ impl TestServer {
 
     /// The generated client on a connection of its own.
     pub async fn raw_on_new_connection(&self) -> JobQueueServiceClient<Channel> {
-        let channel = Channel::from_shared(self.url())
-            .expect("valid URL")
+        let channel = harness_endpoint(&self.config, self.addr)
             .connect()
             .await
             .expect("connect");
@@ -247,6 +246,47 @@ impl TestServer {
         self.pool.close().await;
         self.db.drop_database().await;
     }
+}
+
+fn server_url(config: &Config, addr: SocketAddr) -> String {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{addr}")
+}
+
+/// The harness's own way in: plaintext, or TLS trusting the test CA (with the
+/// test client certificate when the server asks for one).
+fn harness_endpoint(config: &Config, addr: SocketAddr) -> tonic::transport::Endpoint {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let endpoint = Channel::from_shared(server_url(config, addr)).expect("valid URL");
+    let Some(tls) = &config.tls else {
+        return endpoint;
+    };
+    let mut client =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(test_tls_file("ca.pem")));
+    if tls.client_ca.is_some() {
+        client = client.identity(Identity::from_pem(
+            test_tls_file("client.pem"),
+            test_tls_file("client.key"),
+        ));
+    }
+    endpoint.tls_config(client).expect("TLS configuration")
+}
+
+/// A file of tests/tls (test-only certificates and keys).
+pub fn test_tls_file(name: &str) -> Vec<u8> {
+    // This module is compiled into the root package's tests and, by path, into
+    // the server's and client's: the files are beside it either way.
+    let package = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = [package.join("tests/tls"), package.join("../tests/tls")]
+        .into_iter()
+        .find(|dir| dir.is_dir())
+        .expect("tests/tls is in the workspace")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The built-in plans, but the default plan (free) has no limits.
