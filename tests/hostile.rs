@@ -803,3 +803,85 @@ async fn hostile_requests_are_refused_cleanly_and_change_nothing() {
     assert_eq!(database_state(&server).await, before);
     server.stop().await;
 }
+
+/// The call limits: a call past the server's time limit is cut with
+/// DEADLINE_EXCEEDED, a call beyond the server's concurrent-call limit is shed
+/// at once with RESOURCE_EXHAUSTED, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_calls_are_cut_and_excess_calls_shed() {
+    use std::time::{Duration, Instant};
+
+    let server = TestServer::start_configured(|config| {
+        config.rpc_timeout = Duration::from_millis(500);
+        config.max_concurrent_calls = 1;
+    })
+    .await;
+    let parked = || {
+        let mut worker = WorkerServiceClient::new(server.channel());
+        async move {
+            worker
+                .claim_jobs(pb::ClaimJobsRequest {
+                    worker_id: "parked".into(),
+                    max_jobs: 1,
+                    lease_duration: None,
+                    wait: duration(10, 0),
+                })
+                .await
+        }
+    };
+    let quota = || {
+        let mut jobs = JobQueueServiceClient::new(server.channel());
+        async move {
+            jobs.check_quota(pb::CheckQuotaRequest {
+                user_id: Uuid::new_v4().to_string(),
+            })
+            .await
+        }
+    };
+    // Nothing is queued: a claim waiting 10 s is cut at the server's 500 ms.
+    let started = Instant::now();
+    let status = refused(parked().await);
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("--rpc-timeout"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // With room for one call, a parked claim fills the server: another call is
+    // refused at once rather than queued behind it. (The claim and the probing
+    // calls race for the one place; a round where the claim lost is repeated.)
+    let mut shed = None;
+    for _ in 0..50 {
+        let claim = tokio::spawn(parked());
+        let refusal = loop {
+            match quota().await {
+                Err(status) => break Some(status),
+                Ok(_) if claim.is_finished() => break None,
+                Ok(_) => {}
+            }
+        };
+        let claim = refused(claim.await.unwrap());
+        if let Some(refusal) = refusal
+            && claim.code() == Code::DeadlineExceeded
+        {
+            shed = Some(refusal);
+            break;
+        }
+    }
+    let shed = shed.expect("a call was shed while a claim was parked");
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    assert!(
+        shed.message().contains("--max-concurrent-calls"),
+        "{}",
+        shed.message()
+    );
+    // Once they are done, the server serves again.
+    quota().await.expect("served again");
+    server.stop().await;
+}

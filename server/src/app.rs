@@ -17,7 +17,7 @@ use crate::config::{AuthMode, Config, ConfigError};
 use crate::grpc::admin::AdminApi;
 use crate::grpc::jobs::{JobQueueApi, Watching};
 use crate::grpc::worker::WorkerApi;
-use crate::protocol::RequestStatusLayer;
+use crate::protocol::CallLimitsLayer;
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::RpcLogLayer;
 use crate::watch::{self as change_feed, ChangeFeed, StreamSlots};
@@ -130,13 +130,6 @@ impl App {
 
         let mut stopping = stop_rx.clone();
         let mut server = Server::builder()
-            // A call past its deadline (the caller's, or at most rpc_timeout) is
-            // cut with DEADLINE_EXCEEDED; streams run on after their first answer.
-            .timeout(config.rpc_timeout)
-            // Beyond this many calls at once on one connection, refuse at once
-            // (RESOURCE_EXHAUSTED) instead of queueing without bound.
-            .concurrency_limit_per_connection(config.max_calls_per_connection)
-            .load_shed(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)));
         if let Some(tls) = &config.tls {
@@ -150,7 +143,12 @@ impl App {
         let max_message = config.max_message_bytes;
         let router = server
             .layer(RpcLogLayer)
-            .layer(RequestStatusLayer)
+            // Sheds calls beyond max_concurrent_calls, cuts a call past
+            // rpc_timeout, and gives tonic's own refusals their right codes.
+            .layer(CallLimitsLayer::new(
+                config.rpc_timeout,
+                config.max_concurrent_calls,
+            ))
             .layer(AuthLayer::new(authenticator))
             .add_service(health_service)
             .add_service(reflection_v1)

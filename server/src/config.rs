@@ -167,10 +167,11 @@ pub struct ServeArgs {
     /// wins). Must exceed ClaimJobs' longest wait, 30 s.
     #[arg(long, env = "JOBQ_RPC_TIMEOUT", default_value = "60s", value_parser = parse_rpc_timeout)]
     pub rpc_timeout: Duration,
-    /// Most calls running at once on one connection; further calls are refused
-    /// at once with RESOURCE_EXHAUSTED (load shedding) rather than queued.
-    #[arg(long, env = "JOBQ_MAX_CALLS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub max_calls_per_connection: u32,
+    /// Most unary calls (and stream openings) running at once on this server;
+    /// further calls are refused at once with RESOURCE_EXHAUSTED (load
+    /// shedding) rather than queued. Open streams are capped separately.
+    #[arg(long, env = "JOBQ_MAX_CONCURRENT_CALLS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_calls: u32,
 }
 
 impl KeysAction {
@@ -273,8 +274,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Longest a unary call may run.
     pub rpc_timeout: Duration,
-    /// Most calls at once on one connection.
-    pub max_calls_per_connection: usize,
+    /// Most calls running at once.
+    pub max_concurrent_calls: usize,
 }
 
 impl Config {
@@ -300,7 +301,7 @@ impl Config {
             tls: None,
             max_message_bytes: 8_388_608,
             rpc_timeout: Duration::from_secs(60),
-            max_calls_per_connection: 256,
+            max_concurrent_calls: 1024,
         }
     }
 
@@ -361,7 +362,7 @@ impl Config {
             tls,
             max_message_bytes: usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX),
             rpc_timeout: args.rpc_timeout,
-            max_calls_per_connection: args.max_calls_per_connection as usize,
+            max_concurrent_calls: args.max_concurrent_calls as usize,
         };
         config.check_listen(args.listen)?;
         Ok(config)
