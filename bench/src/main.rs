@@ -1,0 +1,834 @@
+//! `jobq-bench`: drives a running jobq server through the client crate and
+//! prints figures (throughput, latency percentiles, server CPU and memory) for
+//! the scenarios of `bench/run.sh`. Figures, not pass/fail: targets are judged
+//! against the pgbench baseline the script measures in the same run.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Parser;
+use futures::StreamExt;
+use jobq_client::{
+    ClaimJobs, Completion, EventKind, JobQueueClient, ListJobs, SubmitJob, WatchJobs, WorkerClient,
+    sha256_hex,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Runs the benchmark scenarios against a jobq server.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The server.
+    #[arg(long, env = "JOBQ_URL")]
+    url: String,
+    /// An admin API key.
+    #[arg(long, env = "JOBQ_API_KEY")]
+    api_key: String,
+    /// The server's database, for setting up rows and counting connections.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// The server's process id, for its CPU time and memory.
+    #[arg(long)]
+    server_pid: u32,
+    /// pgbench's single-row-insert transactions per second in this run.
+    #[arg(long)]
+    baseline_tps: f64,
+    /// Small sizes, for CI: seconds, not minutes; no targets.
+    #[arg(long)]
+    smoke: bool,
+    /// Where to write the figures as JSON.
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
+    /// Only these scenarios (comma-separated); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// One scenario's figures.
+#[derive(Debug, Default)]
+struct Figures {
+    name: &'static str,
+    operations: u64,
+    seconds: f64,
+    /// Milliseconds, sorted.
+    latencies: Vec<f64>,
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+    notes: serde_json::Map<String, Value>,
+}
+
+impl Figures {
+    fn per_second(&self) -> f64 {
+        self.operations as f64 / self.seconds.max(1e-9)
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let at = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[at]
+    }
+
+    fn json(&self) -> Value {
+        let mut value = json!({
+            "scenario": self.name,
+            "operations": self.operations,
+            "seconds": self.seconds,
+            "per_second": self.per_second(),
+            "p50_ms": self.percentile(0.5),
+            "p99_ms": self.percentile(0.99),
+            "max_ms": self.latencies.last().copied().unwrap_or(f64::NAN),
+            "server_cpu_seconds": self.cpu_seconds,
+            "server_peak_rss_mib": self.peak_rss_mib,
+        });
+        for (key, note) in &self.notes {
+            value[key] = note.clone();
+        }
+        value
+    }
+}
+
+/// Latencies gathered by many tasks.
+#[derive(Clone, Default)]
+struct Samples(Arc<Mutex<Vec<f64>>>);
+
+impl Samples {
+    fn add(&self, elapsed: Duration) {
+        self.0.lock().unwrap().push(elapsed.as_secs_f64() * 1000.0);
+    }
+    fn sorted(&self) -> Vec<f64> {
+        let mut all = std::mem::take(&mut *self.0.lock().unwrap());
+        all.sort_by(f64::total_cmp);
+        all
+    }
+}
+
+/// The server process's CPU time and peak memory, measured per scenario.
+struct ServerMeter {
+    pid: u32,
+    cpu_at_start: f64,
+}
+
+impl ServerMeter {
+    fn start(pid: u32) -> Self {
+        // Writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS.
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        Self {
+            pid,
+            cpu_at_start: cpu_seconds(pid),
+        }
+    }
+
+    fn finish(self, figures: &mut Figures) {
+        figures.cpu_seconds = cpu_seconds(self.pid) - self.cpu_at_start;
+        figures.peak_rss_mib = status_kib(self.pid, "VmHWM:") / 1024.0;
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are the 14th and 15th fields: 12th and 13th after the name.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn status_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs SQL on the server's database with psql; returns its unaligned output.
+fn psql(database_url: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args([database_url, "-v", "ON_ERROR_STOP=1", "-Atqc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Inserts `n` jobs straight into the table: `queued` of them queued, the rest
+/// completed, spread over `users` users.
+fn insert_jobs(database_url: &str, n: u64, queued: u64, users: u64) {
+    psql(
+        database_url,
+        &format!(
+            "INSERT INTO menu_extraction_jobs (id, user_id, image_url, image_hash, status, completed_at)
+             SELECT gen_random_uuid(),
+                    ('00000000-0000-4000-8000-' || lpad(to_hex(g % {users}), 12, '0'))::uuid,
+                    'https://bench.example/' || g || '.jpg',
+                    md5(g::text || random()::text) || md5(g::text),
+                    CASE WHEN g <= {queued} THEN 'queued' ELSE 'completed' END,
+                    CASE WHEN g <= {queued} THEN NULL ELSE now() END
+             FROM generate_series(1, {n}) AS g"
+        ),
+    );
+}
+
+fn queued(database_url: &str) -> u64 {
+    psql(
+        database_url,
+        "SELECT count(*) FROM menu_extraction_jobs WHERE status = 'queued'",
+    )
+    .parse()
+    .unwrap_or(0)
+}
+
+struct Bench {
+    args: Args,
+    /// Clients on connections of their own, used round robin.
+    clients: Vec<JobQueueClient>,
+}
+
+impl Bench {
+    fn client(&self, i: usize) -> JobQueueClient {
+        self.clients[i % self.clients.len()].clone()
+    }
+
+    fn worker(&self, i: usize) -> WorkerClient {
+        self.client(i).worker()
+    }
+
+    fn size(&self, full: u64, smoke: u64) -> u64 {
+        if self.args.smoke { smoke } else { full }
+    }
+
+    /// 64 callers, each its own user, submitting distinct photos.
+    async fn submit(&self) -> Figures {
+        let total = self.size(20_000, 500);
+        let meter = ServerMeter::start(self.args.server_pid);
+        let next = Arc::new(AtomicU64::new(0));
+        let samples = Samples::default();
+        let started = Instant::now();
+        let callers: Vec<_> = (0..64)
+            .map(|i| {
+                let client = self.client(i);
+                let next = next.clone();
+                let samples = samples.clone();
+                let user = Uuid::new_v4();
+                tokio::spawn(async move {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= total {
+                            break;
+                        }
+                        let request = SubmitJob::new(
+                            user,
+                            format!("https://bench.example/submit/{n}.jpg"),
+                            sha256_hex(n.to_le_bytes()),
+                        );
+                        let t = Instant::now();
+                        client.submit_job(request).await.expect("submitted");
+                        samples.add(t.elapsed());
+                    }
+                })
+            })
+            .collect();
+        futures::future::join_all(callers).await;
+        let mut figures = Figures {
+            name: "submit",
+            operations: total,
+            seconds: started.elapsed().as_secs_f64(),
+            latencies: samples.sorted(),
+            ..Figures::default()
+        };
+        meter.finish(&mut figures);
+        figures
+    }
+
+    /// Workers with a no-op handler drain the queue: batches of ClaimJobs, one
+    /// CompleteJob per job.
+    async fn drain(&self) -> Figures {
+        let total = self.size(20_000, 500);
+        let have = queued(&self.args.database_url);
+        if have < total {
+            insert_jobs(&self.args.database_url, total - have, total - have, 1_000);
+        }
+        let total = queued(&self.args.database_url);
+        let meter = ServerMeter::start(self.args.server_pid);
+        let samples = Samples::default();
+        let done = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let worker = self.worker(i);
+                let samples = samples.clone();
+                let done = done.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let claim = ClaimJobs::new(format!("drain-{i}"), 100);
+                        let claimed = worker.claim_jobs(&claim).await.expect("claimed");
+                        if claimed.is_empty() {
+                            break;
+                        }
+                        let reports = claimed.into_iter().map(|job| {
+                            let worker = worker.clone();
+                            let samples = samples.clone();
+                            async move {
+                                let t = Instant::now();
+                                worker
+                                    .complete_job(&job.lease, Completion::new(Default::default()))
+                                    .await
+                                    .expect("completed");
+                                samples.add(t.elapsed());
+                            }
+                        });
+                        let n = futures::future::join_all(reports).await.len();
+                        done.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        futures::future::join_all(workers).await;
+        let mut figures = Figures {
+            name: "drain",
+            operations: done.load(Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+            latencies: samples.sorted(),
+            ..Figures::default()
+        };
+        figures.notes.insert("queued_at_start".into(), total.into());
+        meter.finish(&mut figures);
+        figures
+    }
+
+    /// Submitting and draining at once; latency from a submission's answer to
+    /// its completion's answer.
+    async fn steady(&self) -> Figures {
+        let window = Duration::from_secs(self.size(30, 3));
+        let meter = ServerMeter::start(self.args.server_pid);
+        let submitted: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+        let samples = Samples::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let completed = Arc::new(AtomicU64::new(0));
+        let counter = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let submitters: Vec<_> = (0..16)
+            .map(|i| {
+                let client = self.client(i);
+                let (stop, submitted, counter) = (stop.clone(), submitted.clone(), counter.clone());
+                let user = Uuid::new_v4();
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = counter.fetch_add(1, Ordering::Relaxed);
+                        let request = SubmitJob::new(
+                            user,
+                            format!("https://bench.example/steady/{n}.jpg"),
+                            sha256_hex(format!("steady-{n}-{user}")),
+                        );
+                        let job = client.submit_job(request).await.expect("submitted").job;
+                        submitted.lock().unwrap().insert(job.id, Instant::now());
+                    }
+                })
+            })
+            .collect();
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let worker = self.worker(i + 16);
+                let (stop, submitted, samples, completed) = (
+                    stop.clone(),
+                    submitted.clone(),
+                    samples.clone(),
+                    completed.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let claim = ClaimJobs::new(format!("steady-{i}"), 50)
+                            .wait(Duration::from_millis(500));
+                        let claimed = worker.claim_jobs(&claim).await.expect("claimed");
+                        let reports = claimed.into_iter().map(|job| {
+                            let worker = worker.clone();
+                            let (submitted, samples, completed) =
+                                (submitted.clone(), samples.clone(), completed.clone());
+                            async move {
+                                worker
+                                    .complete_job(&job.lease, Completion::new(Default::default()))
+                                    .await
+                                    .expect("completed");
+                                let at = submitted.lock().unwrap().remove(&job.job.id);
+                                if let Some(at) = at {
+                                    samples.add(at.elapsed());
+                                }
+                                completed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                        futures::future::join_all(reports).await;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(window).await;
+        let completed_in_window = completed.load(Ordering::Relaxed);
+        let seconds = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        futures::future::join_all(submitters).await;
+        futures::future::join_all(workers).await;
+        let mut figures = Figures {
+            name: "steady",
+            operations: completed_in_window,
+            seconds,
+            latencies: samples.sorted(),
+            ..Figures::default()
+        };
+        figures
+            .notes
+            .insert("submitted".into(), counter.load(Ordering::Relaxed).into());
+        meter.finish(&mut figures);
+        // Leave an empty queue for the next scenario.
+        psql(
+            &self.args.database_url,
+            "UPDATE menu_extraction_jobs SET status = 'completed', completed_at = now() WHERE status = 'queued'",
+        );
+        figures
+    }
+
+    /// A parked worker; submissions 20 ms apart; from a submission's answer to
+    /// the claim's answer.
+    async fn pickup(&self) -> Figures {
+        let count = self.size(200, 30);
+        let meter = ServerMeter::start(self.args.server_pid);
+        let claimed_at: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+        let worker = self.worker(0);
+        let parked = {
+            let claimed_at = claimed_at.clone();
+            tokio::spawn(async move {
+                let mut seen = 0;
+                while seen < count {
+                    let claim = ClaimJobs::new("pickup", 1).wait(Duration::from_secs(10));
+                    for job in worker.claim_jobs(&claim).await.expect("claimed") {
+                        claimed_at
+                            .lock()
+                            .unwrap()
+                            .insert(job.job.id, Instant::now());
+                        worker
+                            .complete_job(&job.lease, Completion::new(Default::default()))
+                            .await
+                            .expect("completed");
+                        seen += 1;
+                    }
+                }
+            })
+        };
+        let client = self.client(1);
+        let user = Uuid::new_v4();
+        let mut submitted_at = HashMap::new();
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        let started = Instant::now();
+        for n in 0..count {
+            ticks.tick().await;
+            let request = SubmitJob::new(
+                user,
+                format!("https://bench.example/pickup/{n}.jpg"),
+                sha256_hex(format!("pickup-{n}-{user}")),
+            );
+            let job = client.submit_job(request).await.expect("submitted").job;
+            submitted_at.insert(job.id, Instant::now());
+        }
+        parked.await.expect("the worker ran");
+        let claimed_at = claimed_at.lock().unwrap();
+        let mut latencies: Vec<f64> = submitted_at
+            .iter()
+            .filter_map(|(id, at)| {
+                let claimed = claimed_at.get(id)?;
+                // The claim may answer before the submission's own answer arrives.
+                Some(claimed.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        let mut figures = Figures {
+            name: "pickup",
+            operations: count,
+            seconds: started.elapsed().as_secs_f64(),
+            latencies,
+            ..Figures::default()
+        };
+        meter.finish(&mut figures);
+        figures
+    }
+
+    /// Many WatchJobs streams (most per user, a few for all users) while jobs are
+    /// created at a fixed rate: from a job's commit (its updated_at) to its
+    /// arrival on a stream.
+    async fn fan_out(&self) -> Figures {
+        let streams = self.size(10_000, 200) as usize;
+        let all_users_streams = self.size(10, 2) as usize;
+        let per_user = streams - all_users_streams;
+        let users: Vec<Uuid> = (0..per_user.div_ceil(10)).map(|_| Uuid::new_v4()).collect();
+        let rate = self.size(1_000, 200);
+        let window = Duration::from_secs(self.size(20, 3));
+        // Streams over connections of their own (100 streams each).
+        let mut channels = Vec::new();
+        for _ in 0..streams.div_ceil(100) {
+            channels.push(
+                JobQueueClient::builder(&self.args.url)
+                    .api_key(&self.args.api_key)
+                    .build()
+                    .await
+                    .expect("connected"),
+            );
+        }
+        let connections_before = db_connections(&self.args.database_url);
+        let meter = ServerMeter::start(self.args.server_pid);
+        let samples = Samples::default();
+        let received = Arc::new(AtomicU64::new(0));
+        let opened = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for s in 0..streams {
+            let client = channels[s / 100].clone();
+            let request = if s < per_user {
+                WatchJobs::user(users[s / 10])
+            } else {
+                WatchJobs::all()
+            };
+            let (samples, received, opened) = (samples.clone(), received.clone(), opened.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut events = std::pin::pin!(client.watch_jobs(request));
+                opened.fetch_add(1, Ordering::Relaxed);
+                while let Some(event) = events.next().await {
+                    let Ok(event) = event else { break };
+                    if event.kind == EventKind::Created {
+                        let latency = SystemTime::now()
+                            .duration_since(event.job.updated_at)
+                            .unwrap_or_default();
+                        samples.add(latency);
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        // Let the streams open (a benchmark's settling time, not a test's wait).
+        while opened.load(Ordering::Relaxed) < streams as u64 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let connections_during = db_connections(&self.args.database_url);
+        let rss_with_streams = status_kib(self.args.server_pid, "VmRSS:") / 1024.0;
+        // Jobs created at `rate` per second, round robin over the users.
+        let started = Instant::now();
+        let submitters = 8;
+        let created = Arc::new(AtomicU64::new(0));
+        let producers: Vec<_> = (0..submitters)
+            .map(|i| {
+                let client = self.client(i);
+                let users = users.clone();
+                let created = created.clone();
+                let period = Duration::from_secs_f64(submitters as f64 / rate as f64);
+                tokio::spawn(async move {
+                    let mut ticks = tokio::time::interval(period);
+                    let end = Instant::now() + window;
+                    let mut n = i;
+                    while Instant::now() < end {
+                        ticks.tick().await;
+                        let user = users[n % users.len()];
+                        let request = SubmitJob::new(
+                            user,
+                            format!("https://bench.example/fan-out/{n}.jpg"),
+                            sha256_hex(format!("fan-{n}-{user}")),
+                        );
+                        client.submit_job(request).await.expect("submitted");
+                        created.fetch_add(1, Ordering::Relaxed);
+                        n += submitters;
+                    }
+                })
+            })
+            .collect();
+        futures::future::join_all(producers).await;
+        let seconds = started.elapsed().as_secs_f64();
+        // Events still in flight arrive within moments.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for task in &tasks {
+            task.abort();
+        }
+        let mut figures = Figures {
+            name: "fan-out",
+            operations: created.load(Ordering::Relaxed),
+            seconds,
+            latencies: samples.sorted(),
+            ..Figures::default()
+        };
+        figures.notes.insert("streams".into(), streams.into());
+        figures.notes.insert(
+            "events_received".into(),
+            received.load(Ordering::Relaxed).into(),
+        );
+        figures.notes.insert(
+            "db_connections_before_streams".into(),
+            connections_before.into(),
+        );
+        figures.notes.insert(
+            "db_connections_with_streams".into(),
+            connections_during.into(),
+        );
+        figures.notes.insert(
+            "server_rss_mib_with_streams".into(),
+            rss_with_streams.into(),
+        );
+        meter.finish(&mut figures);
+        figures
+    }
+
+    /// Claim and ListJobs latency with 10,000 rows and with 1,000,000.
+    async fn scale(&self) -> Vec<Figures> {
+        let db = &self.args.database_url;
+        let (small, large) = (self.size(10_000, 2_000), self.size(1_000_000, 20_000));
+        psql(db, "TRUNCATE menu_extraction_jobs CASCADE");
+        insert_jobs(db, small, 2_000.min(small), 50);
+        psql(db, "ANALYZE menu_extraction_jobs");
+        let mut figures = self.scale_at(small, false).await;
+        insert_jobs(db, large - small, 0, 5_000);
+        psql(db, "ANALYZE menu_extraction_jobs");
+        figures.extend(self.scale_at(large, true).await);
+        figures
+    }
+
+    async fn scale_at(&self, rows: u64, large: bool) -> Vec<Figures> {
+        let calls = self.size(500, 100);
+        let client = self.client(0);
+        let worker = self.worker(0);
+        let user = Uuid::parse_str("00000000-0000-4000-8000-000000000007").expect("a UUID");
+        let list = Samples::default();
+        let claim = Samples::default();
+        let meter = ServerMeter::start(self.args.server_pid);
+        let started = Instant::now();
+        for _ in 0..calls {
+            let t = Instant::now();
+            client
+                .list_jobs(ListJobs::new(user).page_size(20))
+                .await
+                .expect("listed");
+            list.add(t.elapsed());
+            let t = Instant::now();
+            let claimed = worker
+                .claim_jobs(&ClaimJobs::new("scale", 1))
+                .await
+                .expect("claimed");
+            claim.add(t.elapsed());
+            for job in claimed {
+                worker
+                    .complete_job(&job.lease, Completion::new(Default::default()))
+                    .await
+                    .expect("completed");
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let name = |small: &'static str, big: &'static str| if large { big } else { small };
+        let mut list = Figures {
+            name: name(
+                "scale: ListJobs, small table",
+                "scale: ListJobs, large table",
+            ),
+            operations: calls,
+            seconds,
+            latencies: list.sorted(),
+            ..Figures::default()
+        };
+        let mut claim = Figures {
+            name: name(
+                "scale: ClaimJobs, small table",
+                "scale: ClaimJobs, large table",
+            ),
+            operations: calls,
+            seconds,
+            latencies: claim.sorted(),
+            ..Figures::default()
+        };
+        meter.finish(&mut list);
+        for figures in [&mut list, &mut claim] {
+            figures.notes.insert("rows".into(), rows.into());
+        }
+        vec![list, claim]
+    }
+}
+
+fn db_connections(database_url: &str) -> u64 {
+    psql(
+        database_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .parse()
+    .unwrap_or(0)
+}
+
+fn ms(value: f64) -> String {
+    if value.is_nan() {
+        "-".to_owned()
+    } else if value < 10.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+/// The target of a scenario, and whether its figures meet it.
+fn verdict(figures: &Figures, baseline: f64, all: &[Figures]) -> (String, String) {
+    let ratio = figures.per_second() / baseline;
+    let p99 = figures.percentile(0.99);
+    let (target, met) = match figures.name {
+        "submit" => (
+            "≥ 0.5x pgbench, p99 ≤ 20 ms".to_owned(),
+            ratio >= 0.5 && p99 <= 20.0,
+        ),
+        "drain" => ("≥ 1.5x pgbench".to_owned(), ratio >= 1.5),
+        "steady" => (
+            "≥ 0.5x pgbench, p99 ≤ 50 ms".to_owned(),
+            ratio >= 0.5 && p99 <= 50.0,
+        ),
+        "pickup" => ("p99 ≤ 2 ms".to_owned(), p99 <= 2.0),
+        "fan-out" => {
+            let rss = figures
+                .notes
+                .get("server_rss_mib_with_streams")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::NAN);
+            let before = figures
+                .notes
+                .get("db_connections_before_streams")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let during = figures
+                .notes
+                .get("db_connections_with_streams")
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX);
+            (
+                format!(
+                    "p99 ≤ 50 ms, RSS ≤ 512 MiB ({rss:.0}), db connections {before} -> {during}"
+                ),
+                p99 <= 50.0 && rss <= 512.0 && during <= before + 2,
+            )
+        }
+        name if name.ends_with("large table") => {
+            let small_name = name.replace("large", "small");
+            let small = all
+                .iter()
+                .find(|f| f.name == small_name)
+                .map_or(f64::NAN, |f| f.percentile(0.5));
+            let large = figures.percentile(0.5);
+            (
+                format!("p50 within 1.5x of the small table ({:.2}x)", large / small),
+                large <= 1.5 * small,
+            )
+        }
+        _ => (String::new(), true),
+    };
+    let ratio = match figures.name {
+        "submit" | "drain" | "steady" => format!("{ratio:.2}x"),
+        _ => "-".to_owned(),
+    };
+    (
+        format!("{ratio}  {target}"),
+        if target.is_empty() {
+            String::new()
+        } else if met {
+            "met".into()
+        } else {
+            "NOT met".into()
+        },
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(
+            JobQueueClient::builder(&args.url)
+                .api_key(&args.api_key)
+                .build()
+                .await
+                .expect("connected to the server"),
+        );
+    }
+    let bench = Bench { args, clients };
+    let wanted =
+        |name: &str| bench.args.only.is_empty() || bench.args.only.iter().any(|o| o == name);
+    let mut all: Vec<Figures> = Vec::new();
+    if wanted("submit") {
+        all.push(bench.submit().await);
+    }
+    if wanted("drain") {
+        all.push(bench.drain().await);
+    }
+    if wanted("steady") {
+        all.push(bench.steady().await);
+    }
+    if wanted("pickup") {
+        all.push(bench.pickup().await);
+    }
+    if wanted("fan-out") {
+        all.push(bench.fan_out().await);
+    }
+    if wanted("scale") {
+        all.extend(bench.scale().await);
+    }
+
+    let baseline = bench.args.baseline_tps;
+    println!();
+    println!("pgbench baseline (single-row INSERT, -M prepared -c 16 -j 2): {baseline:.0} tps");
+    println!(
+        "{:<31} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}  ratio / target",
+        "scenario", "ops", "ops/s", "p50 ms", "p99 ms", "max ms", "cpu s", "RSS MiB"
+    );
+    let mut rows = Vec::new();
+    for figures in &all {
+        let (target, met) = verdict(figures, baseline, &all);
+        println!(
+            "{:<31} {:>9} {:>10.0} {:>8} {:>8} {:>8} {:>7.1} {:>8.0}  {} {}",
+            figures.name,
+            figures.operations,
+            figures.per_second(),
+            ms(figures.percentile(0.5)),
+            ms(figures.percentile(0.99)),
+            ms(figures.latencies.last().copied().unwrap_or(f64::NAN)),
+            figures.cpu_seconds,
+            figures.peak_rss_mib,
+            target,
+            if bench.args.smoke { "" } else { met.as_str() }
+        );
+        let mut row = figures.json();
+        row["target"] = target.into();
+        row["met"] = (!bench.args.smoke && met == "met").into();
+        rows.push(row);
+    }
+    if let Some(path) = &bench.args.json_out {
+        let report = json!({
+            "baseline_tps": baseline,
+            "smoke": bench.args.smoke,
+            "scenarios": rows,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report).expect("JSON"))
+            .expect("write the JSON");
+        println!("\nfigures written to {}", path.display());
+    }
+}
