@@ -1,5 +1,5 @@
-//! The server as operators and tools meet it: health, reflection with the real
-//! grpcurl binary, and the RPCs not built yet. The binary itself is tested in
+//! The server as operators and tools meet it: health, and reflection and calls
+//! with the real grpcurl binary (with and without keys). The binary itself is tested in
 //! `server/tests/binary.rs`, where cargo builds it for the test.
 
 mod common;
@@ -232,5 +232,95 @@ async fn grpcurl_lists_describes_submits_and_gets() {
     .unwrap();
     let got: serde_json::Value = serde_json::from_str(&got).unwrap();
     assert_eq!(got["job"], *job);
+    server.stop().await;
+}
+
+/// The README's walk-through with keys: grpcurl lists without a key (reflection
+/// is public), is refused without one, and works with `-H authorization`;
+/// CreateApiKey through grpcurl returns a key that works the same way.
+#[tokio::test]
+async fn grpcurl_with_api_keys_as_the_readme_shows() {
+    let server = TestServer::start_configured(|config| {
+        config.auth = jobq_server::config::AuthMode::Required
+    })
+    .await;
+    let storage = jobq_server::storage::Storage::open(&server.db.url, 1)
+        .await
+        .unwrap();
+    let (_, admin_key) =
+        jobq_server::auth::create_key(&storage, "me", Some(jobq_server::auth::Role::Admin), None)
+            .await
+            .unwrap();
+    storage.close().await;
+    let addr = server.addr.to_string();
+    let user = Uuid::new_v4().to_string();
+
+    let (list, refused, quota, created) = tokio::task::spawn_blocking({
+        let (addr, user, admin_key) = (addr.clone(), user.clone(), admin_key.clone());
+        move || {
+            let auth = format!("authorization: Bearer {admin_key}");
+            let list = grpcurl(&["-plaintext", &addr, "list"]).unwrap();
+            let body = serde_json::json!({ "userId": user }).to_string();
+            let refused =
+                grpcurl(&["-plaintext", "-d", &body, &addr, "jobq.v1.JobQueueService/CheckQuota"])
+                    .unwrap_err();
+            let quota = grpcurl(&[
+                "-plaintext", "-H", &auth, "-d", &body, &addr, "jobq.v1.JobQueueService/CheckQuota",
+            ])
+            .unwrap();
+            let new_key = serde_json::json!({ "name": "alice app", "role": "API_KEY_ROLE_USER", "userId": user })
+                .to_string();
+            let created = grpcurl(&[
+                "-plaintext", "-H", &auth, "-d", &new_key, &addr, "jobq.v1.AdminService/CreateApiKey",
+            ])
+            .unwrap();
+            (list, refused, quota, created)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        list.lines().any(|line| line == "jobq.v1.JobQueueService"),
+        "{list}"
+    );
+    assert!(refused.contains("Code: Unauthenticated"), "{refused}");
+    assert!(refused.contains("missing API key"), "{refused}");
+    let quota: serde_json::Value = serde_json::from_str(&quota).unwrap();
+    assert_eq!(quota["allowed"], true, "{quota}");
+
+    // The user key made through grpcurl: its own user yes, another no.
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(created["apiKey"]["role"], "API_KEY_ROLE_USER");
+    let user_key = created["secret"].as_str().unwrap().to_owned();
+    let (own, other) = tokio::task::spawn_blocking(move || {
+        let auth = format!("authorization: Bearer {user_key}");
+        let own = serde_json::json!({ "userId": user }).to_string();
+        let other = serde_json::json!({ "userId": Uuid::new_v4().to_string() }).to_string();
+        (
+            grpcurl(&[
+                "-plaintext",
+                "-H",
+                &auth,
+                "-d",
+                &own,
+                &addr,
+                "jobq.v1.JobQueueService/CheckQuota",
+            ]),
+            grpcurl(&[
+                "-plaintext",
+                "-H",
+                &auth,
+                "-d",
+                &other,
+                &addr,
+                "jobq.v1.JobQueueService/CheckQuota",
+            ]),
+        )
+    })
+    .await
+    .unwrap();
+    own.expect("a user key acts for its own user");
+    let other = other.expect_err("a user key may not act for another user");
+    assert!(other.contains("Code: PermissionDenied"), "{other}");
     server.stop().await;
 }
