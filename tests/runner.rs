@@ -192,8 +192,7 @@ async fn shutdown_drains_running_jobs_and_fails_those_past_the_grace_period() {
 
     // Part 2: handlers that never end by themselves; a 300 ms grace period.
     let (started_tx, mut started_rx) = mpsc::unbounded_channel();
-    let stopped_by_signal = Arc::new(Mutex::new(0));
-    let stopped = stopped_by_signal.clone();
+    let (stopped, mut stopped_by_signal) = mpsc::unbounded_channel();
     let shutdown = async move {
         for _ in 0..3 {
             started_rx.recv().await;
@@ -213,7 +212,7 @@ async fn shutdown_drains_running_jobs_and_fails_those_past_the_grace_period() {
                     let signal = job.cancellation();
                     tokio::spawn(async move {
                         signal.cancelled().await;
-                        *stopped.lock().unwrap() += 1;
+                        let _ = stopped.send(());
                     });
                     let _ = started.send(());
                     std::future::pending::<Result<Completion, String>>().await
@@ -225,10 +224,12 @@ async fn shutdown_drains_running_jobs_and_fails_those_past_the_grace_period() {
         .unwrap();
     assert_eq!(report.abandoned, 3, "{report:?}");
     assert_eq!(report.claimed, 3);
-    // The signal was raised before the jobs were failed, so each hand-off has
-    // seen it or is about to: wait for that without sleeping.
-    while *stopped_by_signal.lock().unwrap() < 3 {
-        tokio::task::yield_now().await;
+    // The signal was raised before the jobs were failed: each hand-off sees it.
+    for _ in 0..3 {
+        stopped_by_signal
+            .recv()
+            .await
+            .expect("a hand-off saw the stop signal");
     }
     let (failed, processing): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'failed'

@@ -1,14 +1,12 @@
 //! `jobq.v1.AdminService`: operators' controls.
 
-use std::time::Duration;
-
 use jobq_proto::pb;
 use jobq_proto::pb::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::Error;
-use crate::connect::{Connection, Idempotence};
+use crate::connect::{Connection, Idempotence, unary};
 
 /// A client of `jobq.v1.AdminService`. Cheap to clone; clones share one
 /// connection. Made from a configured client with [`crate::JobQueueClient::admin`].
@@ -62,19 +60,12 @@ impl AdminClient {
             user_id: user_id.to_string(),
             plan: plan.into(),
         };
-        let response = self
-            .connection
-            .unary(
-                Idempotence::Safe,
-                Duration::ZERO,
-                request,
-                |channel, request| async move {
-                    AdminServiceClient::new(channel)
-                        .set_user_plan(request)
-                        .await
-                },
-            )
-            .await?;
+        let response = unary!(
+            self.connection,
+            Idempotence::Safe,
+            AdminServiceClient::set_user_plan,
+            request
+        )?;
         Ok(response.plan)
     }
 
@@ -93,19 +84,12 @@ impl AdminClient {
         let request = pb::GetUserPlanRequest {
             user_id: user_id.to_string(),
         };
-        let response = self
-            .connection
-            .unary(
-                Idempotence::Safe,
-                Duration::ZERO,
-                request,
-                |channel, request| async move {
-                    AdminServiceClient::new(channel)
-                        .get_user_plan(request)
-                        .await
-                },
-            )
-            .await?;
+        let response = unary!(
+            self.connection,
+            Idempotence::Safe,
+            AdminServiceClient::get_user_plan,
+            request
+        )?;
         Ok(response.plan)
     }
 }

@@ -195,6 +195,32 @@ impl Connection {
     }
 }
 
+/// Makes one unary call of a generated client (`Client::method`) through a
+/// [`Connection`]'s policy; `wait = d` adds time a call may spend waiting on the
+/// server (a long-polling claim) to its deadline.
+macro_rules! unary {
+    ($connection:expr, $idempotence:expr, $client:ident :: $method:ident, $message:expr) => {
+        unary!(
+            $connection,
+            $idempotence,
+            $client::$method,
+            $message,
+            wait = std::time::Duration::ZERO
+        )
+    };
+    ($connection:expr, $idempotence:expr, $client:ident :: $method:ident, $message:expr, wait = $wait:expr) => {
+        $connection
+            .unary(
+                $idempotence,
+                $wait,
+                $message,
+                |channel, request| async move { $client::new(channel).$method(request).await },
+            )
+            .await
+    };
+}
+pub(crate) use unary;
+
 /// Failures after which nothing was done, or after which a safe call may be made
 /// again.
 fn retryable(status: &Status) -> bool {

@@ -9,14 +9,12 @@ mod runner;
 mod watch;
 mod worker;
 
-use std::time::Duration;
-
 use jobq_proto::pb::job_queue_service_client::JobQueueServiceClient;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use connect::{Connection, Idempotence};
+use connect::{Connection, Idempotence, unary};
 
 pub use admin::AdminClient;
 pub use connect::{ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, RetryPolicy};
@@ -36,23 +34,6 @@ pub use worker::{ClaimJobs, ClaimedJob, Completion, Lease, Renewed, WorkerClient
 #[derive(Debug, Clone)]
 pub struct JobQueueClient {
     connection: Connection,
-}
-
-/// Sends one JobQueueService call through the connection's policy.
-macro_rules! call {
-    ($self:ident, $idempotence:expr, $method:ident, $message:expr) => {
-        $self
-            .connection
-            .unary(
-                $idempotence,
-                Duration::ZERO,
-                $message,
-                |channel, request| async move {
-                    JobQueueServiceClient::new(channel).$method(request).await
-                },
-            )
-            .await
-    };
 }
 
 impl JobQueueClient {
@@ -117,10 +98,10 @@ impl JobQueueClient {
     /// [`Error::Unavailable`] when the server or its database stayed down through
     /// the retries.
     pub async fn submit_job(&self, request: SubmitJob) -> Result<Submitted, Error> {
-        let response = call!(
-            self,
+        let response = unary!(
+            self.connection,
             Idempotence::Safe,
-            submit_job,
+            JobQueueServiceClient::submit_job,
             pb::SubmitJobRequest::from(request)
         )?;
         Submitted::try_from(response)
@@ -143,10 +124,15 @@ impl JobQueueClient {
             job_id: job_id.to_string(),
             user_id: user_id.to_string(),
         };
-        call!(self, Idempotence::Safe, get_job, request)?
-            .job
-            .ok_or_else(|| Error::Decode("GetJobResponse without a job".into()))?
-            .try_into()
+        unary!(
+            self.connection,
+            Idempotence::Safe,
+            JobQueueServiceClient::get_job,
+            request
+        )?
+        .job
+        .ok_or_else(|| Error::Decode("GetJobResponse without a job".into()))?
+        .try_into()
     }
 
     /// Retries one of `user_id`'s FAILED jobs: a new QUEUED job with the same
@@ -169,10 +155,15 @@ impl JobQueueClient {
             job_id: job_id.to_string(),
             user_id: user_id.to_string(),
         };
-        call!(self, Idempotence::Safe, retry_job, request)?
-            .job
-            .ok_or_else(|| Error::Decode("RetryJobResponse without a job".into()))?
-            .try_into()
+        unary!(
+            self.connection,
+            Idempotence::Safe,
+            JobQueueServiceClient::retry_job,
+            request
+        )?
+        .job
+        .ok_or_else(|| Error::Decode("RetryJobResponse without a job".into()))?
+        .try_into()
     }
 
     /// Cancels one of `user_id`'s jobs: a QUEUED job is CANCELLED at once; a
@@ -196,10 +187,15 @@ impl JobQueueClient {
             job_id: job_id.to_string(),
             user_id: user_id.to_string(),
         };
-        call!(self, Idempotence::Safe, cancel_job, request)?
-            .job
-            .ok_or_else(|| Error::Decode("CancelJobResponse without a job".into()))?
-            .try_into()
+        unary!(
+            self.connection,
+            Idempotence::Safe,
+            JobQueueServiceClient::cancel_job,
+            request
+        )?
+        .job
+        .ok_or_else(|| Error::Decode("CancelJobResponse without a job".into()))?
+        .try_into()
     }
 
     /// The user's plan and usage, and whether a new submission would be accepted
@@ -219,7 +215,12 @@ impl JobQueueClient {
         let request = pb::CheckQuotaRequest {
             user_id: user_id.to_string(),
         };
-        Quota::try_from(call!(self, Idempotence::Safe, check_quota, request)?)
+        Quota::try_from(unary!(
+            self.connection,
+            Idempotence::Safe,
+            JobQueueServiceClient::check_quota,
+            request
+        )?)
     }
 
     /// Reads a page of a user's jobs, newest first.
@@ -245,10 +246,10 @@ impl JobQueueClient {
     /// [`Error::InvalidArgument`] for a page size out of range or a page token
     /// that belongs to another listing.
     pub async fn list_jobs(&self, request: ListJobs) -> Result<JobPage, Error> {
-        JobPage::try_from(call!(
-            self,
+        JobPage::try_from(unary!(
+            self.connection,
             Idempotence::Safe,
-            list_jobs,
+            JobQueueServiceClient::list_jobs,
             pb::ListJobsRequest::from(request)
         )?)
     }

@@ -297,7 +297,16 @@ impl WorkerBuilder {
                     claim_failures = 0;
                     report.claimed += jobs.len() as u64;
                     for claimed in jobs {
-                        let permit = permits.pop().expect("the server claimed at most max_jobs");
+                        // The server hands out at most max_jobs; should it send
+                        // more, they wait for a free slot like any other.
+                        let permit = match permits.pop() {
+                            Some(permit) => permit,
+                            None => slots
+                                .clone()
+                                .acquire_owned()
+                                .await
+                                .expect("the semaphore is never closed"),
+                        };
                         let job = self.job(claimed, handler.clone(), gave_up.clone());
                         tasks.spawn(async move {
                             let outcome = job.await;

@@ -9,7 +9,7 @@ use jobq_proto::pb::worker_service_client::WorkerServiceClient;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use crate::connect::{Connection, Idempotence};
+use crate::connect::{Connection, Idempotence, unary};
 use crate::{Error, Job};
 
 /// A client of `jobq.v1.WorkerService`. Cheap to clone; clones share one
@@ -240,17 +240,13 @@ impl WorkerClient {
     /// [`Error::InvalidArgument`] naming a bad `worker_id`, `max_jobs`,
     /// `lease_duration` or `wait`; [`Error::Unavailable`].
     pub async fn claim_jobs(&self, request: &ClaimJobs) -> Result<Vec<ClaimedJob>, Error> {
-        let response = self
-            .connection
-            .unary(
-                Idempotence::Unsafe,
-                request.wait,
-                pb::ClaimJobsRequest::from(request),
-                |channel, request| async move {
-                    WorkerServiceClient::new(channel).claim_jobs(request).await
-                },
-            )
-            .await?;
+        let response = unary!(
+            self.connection,
+            Idempotence::Unsafe,
+            WorkerServiceClient::claim_jobs,
+            pb::ClaimJobsRequest::from(request),
+            wait = request.wait
+        )?;
         response
             .jobs
             .into_iter()
@@ -275,17 +271,12 @@ impl WorkerClient {
             lease_id: lease.lease_id.to_string(),
             extend_by: extend_by.map(duration),
         };
-        let response = self
-            .connection
-            .unary(
-                Idempotence::Safe,
-                Duration::ZERO,
-                message,
-                |channel, request| async move {
-                    WorkerServiceClient::new(channel).heartbeat(request).await
-                },
-            )
-            .await?;
+        let response = unary!(
+            self.connection,
+            Idempotence::Safe,
+            WorkerServiceClient::heartbeat,
+            message
+        )?;
         Ok(Renewed {
             expires_at: timestamp(response.lease_expires_at)?,
             cancel_requested: response.cancel_requested,
@@ -313,19 +304,12 @@ impl WorkerClient {
     /// document.
     pub async fn complete_job(&self, lease: &Lease, completion: Completion) -> Result<Job, Error> {
         let message = completion.into_request(lease);
-        let response = self
-            .connection
-            .unary(
-                Idempotence::Safe,
-                Duration::ZERO,
-                message,
-                |channel, request| async move {
-                    WorkerServiceClient::new(channel)
-                        .complete_job(request)
-                        .await
-                },
-            )
-            .await?;
+        let response = unary!(
+            self.connection,
+            Idempotence::Safe,
+            WorkerServiceClient::complete_job,
+            message
+        )?;
         finished_job(response.job)
     }
 
@@ -344,17 +328,12 @@ impl WorkerClient {
             lease_id: lease.lease_id.to_string(),
             error_message: error_message.into(),
         };
-        let response = self
-            .connection
-            .unary(
-                Idempotence::Safe,
-                Duration::ZERO,
-                message,
-                |channel, request| async move {
-                    WorkerServiceClient::new(channel).fail_job(request).await
-                },
-            )
-            .await?;
+        let response = unary!(
+            self.connection,
+            Idempotence::Safe,
+            WorkerServiceClient::fail_job,
+            message
+        )?;
         finished_job(response.job)
     }
 }

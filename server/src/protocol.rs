@@ -120,18 +120,9 @@ where
             let mut response = response?;
             // These refusals come before any message, so their status is in the
             // headers (a trailers-only response).
-            let headers = response.headers();
-            let code = headers
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map(Code::from);
-            let message = headers
-                .get("grpc-message")
-                .and_then(|v| v.to_str().ok())
-                .map(percent_decode)
-                .unwrap_or_default();
-            if let Some(code) = code.and_then(|code| corrected(code, &message)) {
+            let correction = tonic::Status::from_header_map(response.headers())
+                .and_then(|status| corrected(status.code(), status.message()));
+            if let Some(code) = correction {
                 response
                     .headers_mut()
                     .insert("grpc-status", HeaderValue::from(code as i32));
@@ -139,36 +130,6 @@ where
             Ok(response)
         })
     }
-}
-
-/// grpc-message is percent-encoded; enough of it is decoded here to compare
-/// prefixes (tonic encodes spaces and punctuation).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => match std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(byte) => {
-                    out.push(byte);
-                    i += 3;
-                }
-                None => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -193,15 +154,5 @@ mod tests {
         );
         assert_eq!(corrected(Code::Internal, "internal error"), None);
         assert_eq!(corrected(Code::OutOfRange, "page out of range"), None);
-    }
-
-    #[test]
-    fn grpc_messages_are_read_back() {
-        assert_eq!(
-            percent_decode("failed%20to%20decode%20Protobuf%20message%3A%20x"),
-            "failed to decode Protobuf message: x"
-        );
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }
