@@ -75,7 +75,7 @@ impl App {
             config.check_listen(address)?;
         }
         let authenticator = match config.auth {
-            AuthMode::Required => Authenticator::Keys(storage.clone()),
+            AuthMode::Required => Authenticator::keys(storage.clone()),
             AuthMode::Disabled => {
                 tracing::warn!(
                     "AUTHENTICATION IS DISABLED (--auth disabled): every caller may do \

@@ -21,9 +21,10 @@ use tower::{Layer, Service};
 use uuid::Uuid;
 
 use crate::error::{Error, FieldViolation};
+use crate::group_commit::GroupCommit;
 use crate::job::UserId;
-use crate::storage::Storage;
-use crate::storage::keys::ApiKeyRecord;
+use crate::storage::keys::{ApiKeyRecord, KeyCheck};
+use crate::storage::{Storage, StorageError};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,15 +258,41 @@ pub enum Authenticator {
     /// `--auth disabled`: every caller is [`Principal::LOCAL`].
     Disabled,
     /// Keys looked up in the database.
-    Keys(Storage),
+    Keys {
+        /// Where keys are stored.
+        storage: Storage,
+        /// Concurrent lookups, shared.
+        lookups: GroupCommit<Uuid, Result<Option<KeyCheck>, StorageError>>,
+    },
 }
 
+/// Most keys looked up in one statement.
+const LOOKUP_BATCH: usize = 256;
+
+/// Most key lookups at once (each holds one pooled connection).
+const LOOKUPS_IN_FLIGHT: usize = 4;
+
 impl Authenticator {
+    /// Checks keys stored in `storage`. Every call's key is read from the
+    /// database after the call arrived (concurrent calls share the statement),
+    /// so a revoked key stops working on its next call on every server. Must be
+    /// called within a Tokio runtime.
+    pub fn keys(storage: Storage) -> Self {
+        let lookups = GroupCommit::spawn(LOOKUP_BATCH, LOOKUPS_IN_FLIGHT, {
+            let storage = storage.clone();
+            move |ids: Vec<Uuid>| {
+                let storage = storage.clone();
+                async move { storage.keys_for_auth(&ids).await }
+            }
+        });
+        Self::Keys { storage, lookups }
+    }
+
     /// Who sent `headers`, or why they may not call.
     async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, Error> {
-        let storage = match self {
+        let (storage, lookups) = match self {
             Self::Disabled => return Ok(Principal::LOCAL),
-            Self::Keys(storage) => storage,
+            Self::Keys { storage, lookups } => (storage, lookups),
         };
         let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
         let value = match (values.next(), values.next()) {
@@ -292,7 +319,11 @@ impl Authenticator {
             })?;
         let unknown = || Error::Unauthenticated("unknown API key".to_owned());
         let (id, digest) = parse_key(key.trim()).ok_or_else(unknown)?;
-        let stored = storage.key_for_auth(id).await?.ok_or_else(unknown)?;
+        let stored = lookups
+            .call(id)
+            .await
+            .map_err(|lost| Error::Internal(lost.to_string()))??
+            .ok_or_else(unknown)?;
         if !bool::from(stored.digest.as_slice().ct_eq(&digest)) {
             return Err(unknown());
         }

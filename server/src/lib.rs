@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod group_commit;
 pub mod grpc;
 pub mod health;
 pub mod job;

@@ -14,7 +14,12 @@
 //! other streams.
 //!
 //! The feed also wakes parked `ClaimJobs` calls: every notification that mentions
-//! a queued job bumps a counter they watch.
+//! a queued job bumps a counter they watch. SubmitJob and RetryJob bump it too
+//! once their job is committed, so that a worker parked on the same process does
+//! not wait for the notification's round trip through Postgres.
+//!
+//! While no stream is open, the feed reads no rows: it only moves its position
+//! (and tells any stream that subscribes meanwhile to read its own gap).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -156,7 +161,11 @@ impl ChangeFeed {
         storage: &Storage,
         position: Option<Snapshot>,
     ) -> Result<Snapshot, crate::storage::StorageError> {
-        let Some(from) = position else {
+        // With no stream open, nobody needs the rows: move on without reading
+        // them (a write burst would otherwise be read back in full). A stream
+        // that subscribes meanwhile hears `from: None` and reads its own gap.
+        let from = position.filter(|_| self.batches.receiver_count() > 0);
+        let Some(from) = from else {
             let to = storage.current_snapshot().await?;
             let _ = self.batches.send(Arc::new(Batch {
                 from: None,

@@ -12,11 +12,13 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::convert::{self, JobRef, status_to_pb};
 use crate::error::Error;
+use crate::group_commit::GroupCommit;
 use crate::job::{ListCursor, ListQuery, NewJob, UserId};
 use crate::page_token::PageToken;
 use crate::plans::Plans;
-use crate::storage::Storage;
-use crate::storage::jobs::{CancelOutcome, RetryOutcome, SubmitOutcome};
+use crate::storage::jobs::{CancelOutcome, RetryOutcome};
+use crate::storage::submit::SubmitOutcome;
+use crate::storage::{Storage, StorageError};
 use crate::watch::{ChangeFeed, StreamSlots, WatchStream};
 
 /// Most retries of one submission: RetryJob refuses a failed job whose
@@ -34,21 +36,40 @@ pub struct Watching {
     pub stop: watch::Receiver<bool>,
 }
 
+/// Most submissions decided in one transaction.
+const SUBMIT_BATCH: usize = 128;
+
+/// Most submission transactions at once (each holds one pooled connection).
+const SUBMIT_IN_FLIGHT: usize = 4;
+
 /// Submits and reads jobs.
 #[derive(Debug, Clone)]
 pub struct JobQueueApi {
     storage: Storage,
     plans: Arc<Plans>,
     watch: Watching,
+    submissions: GroupCommit<NewJob, Result<SubmitOutcome, StorageError>>,
 }
 
 impl JobQueueApi {
-    /// The service over `storage`, judging limits by `plans`, streaming from `watch`.
+    /// The service over `storage`, judging limits by `plans`, streaming from
+    /// `watch`. Concurrent submissions share transactions (see
+    /// [`crate::group_commit`]). Must be called within a Tokio runtime.
     pub fn new(storage: Storage, plans: Arc<Plans>, watch: Watching) -> Self {
+        let submissions = GroupCommit::spawn(SUBMIT_BATCH, SUBMIT_IN_FLIGHT, {
+            let storage = storage.clone();
+            let plans = plans.clone();
+            move |batch: Vec<NewJob>| {
+                let storage = storage.clone();
+                let plans = plans.clone();
+                async move { storage.submit_jobs(&batch, &plans).await }
+            }
+        });
         Self {
             storage,
             plans,
             watch,
+            submissions,
         }
     }
 }
@@ -62,16 +83,22 @@ impl JobQueueService for JobQueueApi {
         let caller = auth::principal(&request);
         let new = NewJob::try_from(request.into_inner())?;
         caller.may_act_for(new.user_id)?;
+        let (user_id, force) = (new.user_id, new.force);
         let (job, deduplicated) = match self
-            .storage
-            .submit_job(&new, &self.plans)
+            .submissions
+            .call(new)
             .await
+            .map_err(|lost| Error::Internal(lost.to_string()))?
             .map_err(Error::from)?
         {
-            SubmitOutcome::Created(job) => (job, false),
+            SubmitOutcome::Created(job) => {
+                // Parked claimers in this process need not wait for the NOTIFY.
+                self.watch.feed.wake_claimers();
+                (job, false)
+            }
             SubmitOutcome::Deduplicated(job) => (job, true),
             SubmitOutcome::Refused(status) => {
-                return Err(Error::refused(new.user_id, status).into());
+                return Err(Error::refused(user_id, status).into());
             }
             SubmitOutcome::RequestIdReused => {
                 return Err(Error::invalid(
@@ -81,7 +108,7 @@ impl JobQueueService for JobQueueApi {
                 .into());
             }
         };
-        tracing::info!(job_id = %job.id.0, deduplicated, force = new.force, "job submitted");
+        tracing::info!(job_id = %job.id.0, deduplicated, force, "job submitted");
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(job.into()),
             deduplicated,
@@ -145,6 +172,7 @@ impl JobQueueService for JobQueueApi {
             .map_err(Error::from)?;
         let job = match outcome {
             RetryOutcome::Created(job) => {
+                self.watch.feed.wake_claimers();
                 tracing::info!(job_id = %job.id.0, retry_of = %job_id.0, retry_count = job.retry_count, "job retried");
                 job
             }

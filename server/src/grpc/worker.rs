@@ -12,9 +12,10 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{self, WorkerLimits, status_to_pb, timestamp};
 use crate::error::Error;
+use crate::group_commit::GroupCommit;
 use crate::job::{ClaimRequest, ClaimedJob, Completion, Failure, Job};
-use crate::storage::Storage;
 use crate::storage::leases::LeaseRefusal;
+use crate::storage::{Storage, StorageError};
 use crate::watch::ChangeFeed;
 
 /// The worker protocol.
@@ -27,11 +28,21 @@ pub struct WorkerApi {
     /// notification (a safety net; notifications are the main path).
     safety_poll: Duration,
     stop: watch::Receiver<bool>,
+    completions: GroupCommit<Completion, Completed>,
 }
+
+/// What a completion came to.
+type Completed = Result<Result<Job, LeaseRefusal>, StorageError>;
+
+/// Most completions applied in one statement.
+const COMPLETE_BATCH: usize = 256;
+
+/// Most completion statements at once (each holds one pooled connection).
+const COMPLETE_IN_FLIGHT: usize = 4;
 
 impl WorkerApi {
     /// The service over `storage`, woken by `feed`; parked calls return early
-    /// once `stop` turns true.
+    /// once `stop` turns true. Must be called within a Tokio runtime.
     pub fn new(
         storage: Storage,
         feed: ChangeFeed,
@@ -39,12 +50,21 @@ impl WorkerApi {
         safety_poll: Duration,
         stop: watch::Receiver<bool>,
     ) -> Self {
+        // Concurrent completions share statements (see crate::group_commit).
+        let completions = GroupCommit::spawn(COMPLETE_BATCH, COMPLETE_IN_FLIGHT, {
+            let storage = storage.clone();
+            move |batch: Vec<Completion>| {
+                let storage = storage.clone();
+                async move { storage.complete_jobs(&batch).await }
+            }
+        });
         Self {
             storage,
             feed,
             limits,
             safety_poll,
             stop,
+            completions,
         }
     }
 
@@ -170,9 +190,10 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<pb::CompleteJobResponse>, Status> {
         let completion = Completion::parse(request.into_inner(), &self.limits)?;
         let job = self
-            .storage
-            .complete_job(&completion)
+            .completions
+            .call(completion)
             .await
+            .map_err(|lost| Error::Internal(lost.to_string()))?
             .map_err(Error::from)?
             .map_err(|refusal| refused(refusal, "CompleteJob (the job is finished)"))?;
         log_outcome(&job, "completed");

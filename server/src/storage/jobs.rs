@@ -1,26 +1,7 @@
 //! Statements on `menu_extraction_jobs`.
 
-use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
-
-use super::{Storage, StorageError, usage};
-use crate::job::{Job, JobId, JobStatus, ListQuery, NewJob, UserId};
-use crate::plans::Plans;
-use crate::quota::QuotaStatus;
-
-/// What a submission came to.
-#[derive(Debug, Clone)]
-pub enum SubmitOutcome {
-    /// A new job.
-    Created(Job),
-    /// The live job that already matched; nothing was counted.
-    Deduplicated(Job),
-    /// A limit refused it (`refusal` is set); nothing was written.
-    Refused(QuotaStatus),
-    /// The user's earlier submission with the same `request_id` asked for
-    /// something else; nothing was written.
-    RequestIdReused,
-}
+use super::{Storage, StorageError};
+use crate::job::{Job, JobId, JobStatus, ListQuery, UserId};
 
 /// What a cancellation came to.
 #[derive(Debug, Clone)]
@@ -52,65 +33,6 @@ pub enum RetryOutcome {
 }
 
 impl Storage {
-    /// Submits a job in one transaction, under the user's submission lock: returns
-    /// the live job that matches it (unless `force`; that costs nothing), or checks
-    /// the rolling hour and then the month against the user's plan and inserts a new
-    /// job, or refuses and writes nothing.
-    ///
-    /// Concurrent identical submissions cannot create two jobs even without the
-    /// lock (a legacy writer, say): the unique partial index
-    /// `menu_extraction_jobs_live_submission` arbitrates the insert, and the loser
-    /// of the race reads the winner's job.
-    pub async fn submit_job(
-        &self,
-        new: &NewJob,
-        plans: &Plans,
-    ) -> Result<SubmitOutcome, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let now = usage::lock_user(&mut tx, new.user_id).await?;
-        if let Some(request_id) = new.request_id
-            && let Some(job) = find_by_request_id(&mut tx, new, request_id).await?
-        {
-            tx.commit().await?;
-            let same = job.image_url == new.image_url
-                && job.image_sha256.as_deref() == Some(new.image_sha256.as_str())
-                && job.schema_version == new.schema_version
-                && job.prompt_version == new.prompt_version;
-            return Ok(if same {
-                SubmitOutcome::Deduplicated(job)
-            } else {
-                SubmitOutcome::RequestIdReused
-            });
-        }
-        if !new.force
-            && let Some(job) = find_live_match(&mut tx, new).await?
-        {
-            tx.commit().await?;
-            return Ok(SubmitOutcome::Deduplicated(job));
-        }
-        let status = usage::evaluate(&mut tx, new.user_id, plans, now).await?;
-        if status.refusal.is_some() {
-            tx.rollback().await?;
-            return Ok(SubmitOutcome::Refused(status));
-        }
-        let outcome = match insert(&mut tx, new, now).await? {
-            Some(job) => SubmitOutcome::Created(job),
-            // The insert lost to an identical job committed meanwhile by a writer
-            // that does not take the lock (ON CONFLICT waited for it); this
-            // statement's fresh snapshot sees it.
-            None => match find_live_match(&mut tx, new).await? {
-                Some(job) => SubmitOutcome::Deduplicated(job),
-                None => {
-                    return Err(StorageError::SerializationFailure(sqlx::Error::Protocol(
-                        "an identical job changed while this submission was deduplicated against it".into(),
-                    )));
-                }
-            },
-        };
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
     /// Retries the failed job `id` of `user_id` (see [`RetryOutcome`]). Retries
     /// are not counted against any limit.
     pub async fn retry_job(
@@ -265,79 +187,4 @@ impl Storage {
         jobs.truncate(query.page_size as usize);
         Ok((jobs, more))
     }
-}
-
-/// The newest live job of the same user and submission, exempt ones included.
-async fn find_live_match(
-    conn: &mut PgConnection,
-    new: &NewJob,
-) -> Result<Option<Job>, StorageError> {
-    let job = sqlx::query_as::<_, Job>(concat!(
-        "SELECT ",
-        job_columns!(),
-        " FROM menu_extraction_jobs
-         WHERE user_id = $1 AND image_hash = $2 AND schema_version = $3 AND prompt_version = $4
-           AND status IN ('queued', 'processing', 'completed')
-         ORDER BY created_at DESC, id DESC
-         LIMIT 1"
-    ))
-    .bind(new.user_id)
-    .bind(&new.image_sha256)
-    .bind(&new.schema_version)
-    .bind(&new.prompt_version)
-    .fetch_optional(conn)
-    .await?;
-    Ok(job)
-}
-
-/// The job `new.user_id` submitted earlier with `request_id`. The user's lock,
-/// held by the caller, keeps a concurrent submission with the same key from
-/// inserting between this read and the caller's insert.
-async fn find_by_request_id(
-    conn: &mut PgConnection,
-    new: &NewJob,
-    request_id: uuid::Uuid,
-) -> Result<Option<Job>, StorageError> {
-    let job = sqlx::query_as::<_, Job>(concat!(
-        "SELECT ",
-        job_columns!(),
-        " FROM menu_extraction_jobs WHERE user_id = $1 AND submit_request_id = $2"
-    ))
-    .bind(new.user_id)
-    .bind(request_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(job)
-}
-
-/// Inserts the job, created at `now`, or returns `None` when a live identical job
-/// (not exempt) got there first.
-async fn insert(
-    conn: &mut PgConnection,
-    new: &NewJob,
-    now: DateTime<Utc>,
-) -> Result<Option<Job>, StorageError> {
-    let job = sqlx::query_as::<_, Job>(concat!(
-        "INSERT INTO menu_extraction_jobs
-             (id, user_id, image_url, image_hash, schema_version, prompt_version, status, dedup_exempt,
-              created_at, updated_at, submit_request_id)
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $9)
-         ON CONFLICT (user_id, image_hash, schema_version, prompt_version)
-             WHERE status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt
-             DO NOTHING
-         RETURNING ",
-        job_columns!()
-    ))
-    .bind(JobId::generate())
-    .bind(new.user_id)
-    .bind(&new.image_url)
-    .bind(&new.image_sha256)
-    .bind(&new.schema_version)
-    .bind(&new.prompt_version)
-    .bind(new.force)
-    .bind(now)
-    .bind(new.request_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(job)
 }

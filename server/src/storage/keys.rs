@@ -1,5 +1,7 @@
 //! Statements on `api_keys`.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -95,47 +97,56 @@ impl Storage {
         Ok(key)
     }
 
-    /// What authenticating key `id` needs; `None` for an unknown key.
-    pub async fn key_for_auth(&self, id: Uuid) -> Result<Option<KeyCheck>, StorageError> {
+    /// What authenticating each key of `ids` needs (`None` for an unknown key),
+    /// in one statement: concurrent calls share it (see
+    /// [`crate::group_commit`]), and each still reads the key after it arrived,
+    /// so a revocation committed before a call always refuses it.
+    pub async fn keys_for_auth(&self, ids: &[Uuid]) -> Vec<Result<Option<KeyCheck>, StorageError>> {
         #[derive(sqlx::FromRow)]
         struct Row {
+            id: Uuid,
             digest: Vec<u8>,
             role: String,
             user_id: Option<UserId>,
             revoked: bool,
             stale_last_use: bool,
         }
-        let row = sqlx::query_as::<_, Row>(
-            "SELECT digest, role, user_id, revoked_at IS NOT NULL AS revoked,
+        let rows = sqlx::query_as::<_, Row>(
+            "SELECT id, digest, role, user_id, revoked_at IS NOT NULL AS revoked,
                     (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
                         AS stale_last_use
-             FROM api_keys WHERE id = $1",
+             FROM api_keys WHERE id = ANY($1)",
         )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(Row {
-            digest,
-            role,
-            user_id,
-            revoked,
-            stale_last_use,
-        }) = row
-        else {
-            return Ok(None);
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await;
+        let rows: HashMap<Uuid, Row> = match rows {
+            Ok(rows) => rows.into_iter().map(|row| (row.id, row)).collect(),
+            Err(error) => {
+                let error = StorageError::from(error);
+                return ids.iter().map(|_| Err(error.shared())).collect();
+            }
         };
-        let role = Role::parse(&role).ok_or_else(|| {
-            StorageError::Other(sqlx::Error::Protocol(format!(
-                "api_keys row {id} has an unknown role {role}"
-            )))
-        })?;
-        Ok(Some(KeyCheck {
-            digest,
-            role,
-            user_id,
-            revoked,
-            stale_last_use,
-        }))
+        ids.iter()
+            .map(|id| {
+                let Some(row) = rows.get(id) else {
+                    return Ok(None);
+                };
+                let role = Role::parse(&row.role).ok_or_else(|| {
+                    StorageError::Other(sqlx::Error::Protocol(format!(
+                        "api_keys row {id} has an unknown role {}",
+                        row.role
+                    )))
+                })?;
+                Ok(Some(KeyCheck {
+                    digest: row.digest.clone(),
+                    role,
+                    user_id: row.user_id,
+                    revoked: row.revoked,
+                    stale_last_use: row.stale_last_use,
+                }))
+            })
+            .collect()
     }
 
     /// Records that key `id` was used now (at most once a minute).

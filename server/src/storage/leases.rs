@@ -3,13 +3,14 @@
 //! applies under, so a worker whose lease was lost can never overwrite a newer
 //! outcome.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::{Storage, StorageError};
 use crate::job::{
-    ClaimRequest, ClaimedJob, Completion, Failure, Job, JobStatus, LeaseId, LeaseRef,
+    ClaimRequest, ClaimedJob, Completion, Failure, Job, JobId, JobStatus, LeaseId, LeaseRef,
 };
 
 /// Why a write under a lease did not apply.
@@ -126,30 +127,108 @@ impl Storage {
         &self,
         completion: &Completion,
     ) -> Result<Result<Job, LeaseRefusal>, StorageError> {
-        let job = sqlx::query_as::<_, Job>(concat!(
-            "UPDATE menu_extraction_jobs
-             SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END,
-                 result = $3, token_usage = $4, confidence = $5, uncertain_items = $6, superfluous_text = $7,
-                 completed_at = now(),
-                 processing_time = LEAST(EXTRACT(EPOCH FROM now() - started_at) * 1000, 2147483647)::integer,
-                 lease_expires_at = NULL
-             WHERE id = $1 AND lease_id = $2 AND status = 'processing'
-             RETURNING ",
-            job_columns!()
-        ))
-        .bind(completion.lease.job_id)
-        .bind(completion.lease.lease_id)
-        .bind(&completion.result)
-        .bind(&completion.token_usage)
-        .bind(completion.confidence)
-        .bind(&completion.uncertain_items)
-        .bind(&completion.superfluous_text)
-        .fetch_optional(&self.pool)
-        .await?;
-        match job {
+        let mut jobs = self.complete(&[completion]).await?;
+        match jobs.pop() {
             Some(job) => Ok(Ok(job)),
             None => Ok(Err(self.why_not(completion.lease).await?)),
         }
+    }
+
+    /// Completes a batch of jobs in one statement, each as
+    /// [`Storage::complete_job`] would. A job named more than once is completed
+    /// by its first completion in the batch, and the others are then applied
+    /// one by one (and refused, as they would have been after it). When the
+    /// statement fails for a reason that is not the database being unavailable,
+    /// every completion is applied on its own, so that one's trouble is never
+    /// another's.
+    pub async fn complete_jobs(
+        &self,
+        batch: &[Completion],
+    ) -> Vec<Result<Result<Job, LeaseRefusal>, StorageError>> {
+        if batch.len() == 1 {
+            return vec![self.complete_job(&batch[0]).await];
+        }
+        let mut named = HashSet::new();
+        let firsts: Vec<&Completion> = batch
+            .iter()
+            .filter(|completion| named.insert(completion.lease.job_id))
+            .collect();
+        let mut done: HashMap<JobId, Job> = match self.complete(&firsts).await {
+            Ok(jobs) => jobs.into_iter().map(|job| (job.id, job)).collect(),
+            Err(error @ StorageError::Unavailable(_)) => {
+                return batch.iter().map(|_| Err(error.shared())).collect();
+            }
+            Err(_) => {
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for completion in batch {
+                    outcomes.push(self.complete_job(completion).await);
+                }
+                return outcomes;
+            }
+        };
+        let mut seen = HashSet::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for completion in batch {
+            let outcome = if seen.insert(completion.lease.job_id) {
+                match done.remove(&completion.lease.job_id) {
+                    Some(job) => Ok(Ok(job)),
+                    None => self.why_not(completion.lease).await.map(Err),
+                }
+            } else {
+                self.complete_job(completion).await
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// One statement completing each job of `batch` (no job named twice) whose
+    /// lease is current; returns the jobs it completed.
+    async fn complete(&self, batch: &[&Completion]) -> Result<Vec<Job>, StorageError> {
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut leases = Vec::with_capacity(batch.len());
+        let mut results = Vec::with_capacity(batch.len());
+        let mut token_usage = Vec::with_capacity(batch.len());
+        let mut confidence = Vec::with_capacity(batch.len());
+        let mut uncertain_items = Vec::with_capacity(batch.len());
+        let mut superfluous_text = Vec::with_capacity(batch.len());
+        for completion in batch {
+            ids.push(completion.lease.job_id.0);
+            leases.push(completion.lease.lease_id.0);
+            results.push(completion.result.clone());
+            token_usage.push(completion.token_usage.clone());
+            confidence.push(completion.confidence);
+            uncertain_items.push(completion.uncertain_items.clone());
+            superfluous_text.push(completion.superfluous_text.clone());
+        }
+        // Planned at each execution: see storage::submit::lookup.
+        let jobs = sqlx::query_as::<_, Job>(concat!(
+            "UPDATE menu_extraction_jobs
+             SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END,
+                 result = c.c_result, token_usage = c.c_token_usage, confidence = c.c_confidence,
+                 uncertain_items = c.c_uncertain_items, superfluous_text = c.c_superfluous_text,
+                 completed_at = now(),
+                 processing_time = LEAST(EXTRACT(EPOCH FROM now() - started_at) * 1000, 2147483647)::integer,
+                 lease_expires_at = NULL
+             FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::jsonb[], $5::real[], $6::jsonb[],
+                         $7::jsonb[])
+                  AS c(c_id, c_lease_id, c_result, c_token_usage, c_confidence, c_uncertain_items,
+                       c_superfluous_text)
+             WHERE id = c.c_id AND lease_id = c.c_lease_id AND status = 'processing'
+             RETURNING ",
+            job_columns!()
+        ))
+        .persistent(false)
+        .bind(ids)
+        .bind(leases)
+        .bind(results)
+        .bind(token_usage)
+        .bind(confidence)
+        .bind(uncertain_items)
+        .bind(superfluous_text)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(jobs)
     }
 
     /// Fails the job under `failure.lease`: FAILED, or CANCELLED when its owner

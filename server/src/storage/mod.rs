@@ -17,6 +17,7 @@ pub mod changes;
 pub mod jobs;
 pub mod keys;
 pub mod leases;
+pub mod submit;
 pub mod usage;
 
 use std::str::FromStr;
@@ -53,6 +54,23 @@ pub enum StorageError {
     /// Anything else: a bug in a statement, or a database in a state jobq does not know.
     #[error("database error: {0}")]
     Other(#[source] sqlx::Error),
+}
+
+impl StorageError {
+    /// The same error again, for each of several calls that shared the
+    /// statement that failed: same class and text, without the source.
+    pub fn shared(&self) -> Self {
+        let again = || sqlx::Error::Protocol(self.to_string());
+        match self {
+            Self::Unavailable(_) => Self::Unavailable(again()),
+            Self::SerializationFailure(_) => Self::SerializationFailure(again()),
+            Self::UniqueViolation { constraint, .. } => Self::UniqueViolation {
+                constraint: constraint.clone(),
+                source: again(),
+            },
+            Self::Migrate(_) | Self::Other(_) => Self::Other(again()),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StorageError {

@@ -1,11 +1,13 @@
 //! Plans of users, and the usage counts behind every limit decision.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::{Storage, StorageError};
 use crate::job::UserId;
-use crate::plans::{Limit, Plans};
+use crate::plans::{Limit, Plan, Plans};
 use crate::quota::{self, QuotaStatus, Usage};
 
 impl Storage {
@@ -24,8 +26,11 @@ impl Storage {
 
     /// The plan stored for `user_id`, if any.
     pub async fn stored_plan(&self, user_id: UserId) -> Result<Option<String>, StorageError> {
-        let mut conn = self.pool.acquire().await?;
-        stored_plan(&mut conn, user_id).await
+        let plan = sqlx::query_scalar("SELECT plan FROM user_plans WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(plan)
     }
 
     /// What SubmitJob would decide for `user_id` now. It takes the same per-user
@@ -36,32 +41,66 @@ impl Storage {
         plans: &Plans,
     ) -> Result<QuotaStatus, StorageError> {
         let mut tx = self.pool.begin().await?;
-        let now = lock_user(&mut tx, user_id).await?;
-        let status = evaluate(&mut tx, user_id, plans, now).await?;
+        let (now, stored) = lock_users(&mut tx, &[user_id]).await?;
+        let request = UsageRequest {
+            user_id,
+            plan: plans.effective(stored.get(&user_id).map(String::as_str)),
+            submissions: 1,
+            report: true,
+        };
+        let mut standing = usage(&mut tx, std::slice::from_ref(&request), now).await?;
         tx.rollback().await?;
-        Ok(status)
+        let standing = standing
+            .remove(&user_id)
+            .ok_or_else(|| StorageError::Other(sqlx::Error::RowNotFound))?;
+        Ok(standing.decide())
     }
 }
 
-/// Takes the user's submission lock for the rest of the transaction and returns
-/// the instant it was granted: the instant every limit is judged at, and the
-/// `created_at` of a job inserted under it.
+/// Takes the submission locks of `users` (sorted, without duplicates) for the
+/// rest of the transaction; returns the instant the last was granted (the
+/// instant every limit is judged at, and the `created_at` of the jobs inserted
+/// under them) and the plans stored for them.
 ///
-/// The lock is a transaction-scoped advisory lock keyed by the user id: it holds
-/// across every server process on the database, writes nothing (no row to create,
-/// update or vacuum per submission), and is released by commit or rollback. Two
-/// users whose ids share a key only wait for each other; they never share limits.
-pub(crate) async fn lock_user(
+/// A lock is a transaction-scoped advisory lock keyed by the user id: it holds
+/// across every server process on the database, writes nothing (no row to
+/// create, update or vacuum per submission), and is released by commit or
+/// rollback. Locks are taken in key order, so two transactions locking several
+/// users never wait for each other in a cycle. Two users whose ids share a key
+/// only wait for each other; they never share limits.
+pub(crate) async fn lock_users(
     conn: &mut PgConnection,
-    user_id: UserId,
-) -> Result<DateTime<Utc>, StorageError> {
-    let now = sqlx::query_scalar(
-        "SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock($1)) AS locked",
+    users: &[UserId],
+) -> Result<(DateTime<Utc>, HashMap<UserId, String>), StorageError> {
+    let mut keys: Vec<i64> = users.iter().map(|&user| lock_key(user)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let ids: Vec<uuid::Uuid> = users.iter().map(|user| user.0).collect();
+    // The aggregate reads every lock's row before clock_timestamp() is taken;
+    // the subquery's volatile select list keeps it from being flattened.
+    let rows: Vec<(DateTime<Utc>, Option<uuid::Uuid>, Option<String>)> = sqlx::query_as(
+        "WITH locked AS MATERIALIZED (
+             SELECT max(granted_at) AS now
+             FROM (SELECT pg_advisory_xact_lock(key), clock_timestamp() AS granted_at
+                   FROM unnest($1::bigint[]) WITH ORDINALITY AS k(key, n)
+                   ORDER BY n) AS locks
+         )
+         SELECT locked.now, p.user_id, p.plan
+         FROM locked LEFT JOIN user_plans p ON p.user_id = ANY($2::uuid[])",
     )
-    .bind(lock_key(user_id))
-    .fetch_one(conn)
+    .bind(keys)
+    .bind(ids)
+    .fetch_all(conn)
     .await?;
-    Ok(now)
+    let now = rows
+        .first()
+        .map(|(now, _, _)| *now)
+        .ok_or_else(|| StorageError::Other(sqlx::Error::RowNotFound))?;
+    let plans = rows
+        .into_iter()
+        .filter_map(|(_, user, plan)| Some((UserId(user?), plan?)))
+        .collect();
+    Ok((now, plans))
 }
 
 /// A 64-bit advisory lock key for a user: the two halves of the UUID folded.
@@ -70,57 +109,172 @@ fn lock_key(user_id: UserId) -> i64 {
     i64::from_ne_bytes((high ^ low).to_ne_bytes())
 }
 
-async fn stored_plan(
-    conn: &mut PgConnection,
-    user_id: UserId,
-) -> Result<Option<String>, StorageError> {
-    let plan = sqlx::query_scalar("SELECT plan FROM user_plans WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(conn)
-        .await?;
-    Ok(plan)
+/// A user whose usage a transaction needs, under their lock.
+#[derive(Debug)]
+pub(crate) struct UsageRequest<'a> {
+    pub user_id: UserId,
+    /// The plan in force.
+    pub plan: &'a Plan,
+    /// How many submissions of theirs the transaction decides (at least 1).
+    pub submissions: usize,
+    /// Whether the figures are reported even when the plan limits nothing
+    /// (CheckQuota). Otherwise a user whose plan has no limit at all is not
+    /// counted: nothing could refuse them, and no figure is shown.
+    pub report: bool,
 }
 
-/// The user's plan and usage at `now`, and the decision on one more new job.
-pub(crate) async fn evaluate(
-    conn: &mut PgConnection,
-    user_id: UserId,
-    plans: &Plans,
+/// A user's usage at the transaction's instant, and the new jobs it has
+/// created for them so far.
+#[derive(Debug)]
+pub(crate) struct Standing<'a> {
+    plan: &'a Plan,
     now: DateTime<Utc>,
-) -> Result<QuotaStatus, StorageError> {
-    let stored = stored_plan(conn, user_id).await?;
-    let plan = plans.effective(stored.as_deref());
+    monthly_used: i64,
+    hourly_used: i64,
+    /// The 1-based position in the hour's jobs (oldest first) of `leaving[0]`.
+    first: i64,
+    /// The hour's jobs from position `first` on, as many as the transaction's
+    /// submissions could need.
+    leaving: Vec<DateTime<Utc>>,
+    created: i64,
+}
+
+impl<'a> Standing<'a> {
+    /// A user whose plan limits nothing, not counted.
+    fn uncounted(plan: &'a Plan, now: DateTime<Utc>) -> Self {
+        Self {
+            plan,
+            now,
+            monthly_used: 0,
+            hourly_used: 0,
+            first: 1,
+            leaving: Vec::new(),
+            created: 0,
+        }
+    }
+
+    /// The decision on one more new job, counting the ones created so far.
+    pub fn decide(&self) -> QuotaStatus {
+        let hourly_used = self.hourly_used + self.created;
+        // For a full hour, the job whose leaving frees a slot is the
+        // (used - limit + 1)-th oldest; otherwise (and for an unlimited hour) the
+        // oldest. Jobs created by this transaction are the newest, at `now`.
+        let position = match self.plan.hourly_jobs {
+            Limit::Unlimited => 1,
+            Limit::AtMost(limit) => (hourly_used - i64::from(limit)).max(0) + 1,
+        };
+        let leaving_at = if position <= self.hourly_used {
+            usize::try_from(position - self.first)
+                .ok()
+                .and_then(|index| self.leaving.get(index).copied())
+        } else if position <= hourly_used {
+            Some(self.now)
+        } else {
+            None
+        };
+        quota::decide(
+            self.plan,
+            Usage {
+                now: self.now,
+                monthly_used: self.monthly_used + self.created,
+                hourly_used,
+                hourly_slot_at: leaving_at.map(|at| at + quota::hour()),
+            },
+        )
+    }
+
+    /// Counts one more new job, created at `now`.
+    pub fn created_one(&mut self) {
+        self.created += 1;
+    }
+}
+
+/// A user, both counts, the position of the first job of the hour read, and the
+/// jobs from there.
+type UsageRow = (uuid::Uuid, i64, i64, i64, Option<Vec<DateTime<Utc>>>);
+
+/// The usage at `now` of each user in `requests`.
+pub(crate) async fn usage<'a>(
+    conn: &mut PgConnection,
+    requests: &[UsageRequest<'a>],
+    now: DateTime<Utc>,
+) -> Result<HashMap<UserId, Standing<'a>>, StorageError> {
     let (month_start, _) = quota::month_bounds(now);
     let hour_start = now - quota::hour();
-    // For a full hour, the job whose leaving frees a slot is the (used - limit + 1)-th
-    // oldest; otherwise (and for an unlimited hour) the oldest.
-    let hourly_limit = match plan.hourly_jobs {
-        Limit::Unlimited => None,
-        Limit::AtMost(n) => Some(i64::from(n)),
-    };
-    let (monthly_used, hourly_used, leaving): (i64, i64, Option<DateTime<Utc>>) = sqlx::query_as(
-        "WITH counted AS (
-             SELECT count(*) FILTER (WHERE created_at >= $2) AS monthly_used,
-                    count(*) FILTER (WHERE created_at > $3) AS hourly_used,
-                    array_agg(created_at ORDER BY created_at) FILTER (WHERE created_at > $3) AS hourly
+    let mut standings: HashMap<UserId, Standing<'a>> = HashMap::new();
+    let (requests, unlimited): (Vec<&UsageRequest<'a>>, Vec<&UsageRequest<'a>>) =
+        requests.iter().partition(|r| {
+            r.report
+                || r.plan.monthly_jobs != Limit::Unlimited
+                || r.plan.hourly_jobs != Limit::Unlimited
+        });
+    for request in unlimited {
+        standings.insert(request.user_id, Standing::uncounted(request.plan, now));
+    }
+    if requests.is_empty() {
+        return Ok(standings);
+    }
+    let users: Vec<uuid::Uuid> = requests.iter().map(|r| r.user_id.0).collect();
+    let hourly_limits: Vec<Option<i64>> = requests
+        .iter()
+        .map(|r| match r.plan.hourly_jobs {
+            Limit::Unlimited => None,
+            Limit::AtMost(n) => Some(i64::from(n)),
+        })
+        .collect();
+    let submissions: Vec<i64> = requests
+        .iter()
+        .map(|r| i64::try_from(r.submissions.max(1)).unwrap_or(i64::MAX))
+        .collect();
+    // Per user: both counts, and the part of the hour's jobs (oldest first)
+    // whose leaving could free the slot for one of the transaction's
+    // submissions: from the (used - limit + 1)-th oldest on (the oldest for an
+    // unlimited hour), one per submission.
+    // Planned at each execution: see storage::submit::lookup.
+    let rows: Vec<UsageRow> = sqlx::query_as(
+        // `user_id = ANY($1)` rather than a lateral subquery per user: with
+        // the batch's arrays as parameters, the planner turned the lateral into a
+        // sequential scan and a hash join; this is one index scan.
+        "SELECT q.user_id, coalesce(c.monthly_used, 0), coalesce(c.hourly_used, 0), f.first,
+                c.hourly[f.first : f.first + q.submissions - 1]
+         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS q(user_id, hourly_limit, submissions)
+         LEFT JOIN (
+             SELECT user_id,
+                    count(*) FILTER (WHERE created_at >= $4) AS monthly_used,
+                    count(*) FILTER (WHERE created_at > $5) AS hourly_used,
+                    array_agg(created_at ORDER BY created_at) FILTER (WHERE created_at > $5) AS hourly
              FROM menu_extraction_jobs
-             WHERE user_id = $1 AND retry_count = 0 AND created_at >= LEAST($2, $3)
-         )
-         SELECT monthly_used, hourly_used,
-                hourly[CASE WHEN $4::bigint IS NULL THEN 1 ELSE GREATEST(hourly_used - $4::bigint, 0) + 1 END]
-         FROM counted",
+             WHERE user_id = ANY($1) AND retry_count = 0 AND created_at >= LEAST($4, $5)
+             GROUP BY user_id
+         ) AS c ON c.user_id = q.user_id
+         CROSS JOIN LATERAL (
+             SELECT CASE WHEN q.hourly_limit IS NULL THEN 1
+                         ELSE GREATEST(coalesce(c.hourly_used, 0) - q.hourly_limit, 0) + 1 END AS first
+         ) AS f",
     )
-    .bind(user_id)
+    .persistent(false)
+    .bind(users)
+    .bind(hourly_limits)
+    .bind(submissions)
     .bind(month_start)
     .bind(hour_start)
-    .bind(hourly_limit)
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await?;
-    let usage = Usage {
-        now,
-        monthly_used,
-        hourly_used,
-        hourly_slot_at: leaving.map(|at| at + quota::hour()),
-    };
-    Ok(quota::decide(plan, usage))
+    let plans: HashMap<UserId, &'a Plan> = requests.iter().map(|r| (r.user_id, r.plan)).collect();
+    standings.extend(rows.into_iter().filter_map(
+        |(user, monthly_used, hourly_used, first, leaving)| {
+            let user_id = UserId(user);
+            let standing = Standing {
+                plan: plans.get(&user_id)?,
+                now,
+                monthly_used,
+                hourly_used,
+                first,
+                leaving: leaving.unwrap_or_default(),
+                created: 0,
+            };
+            Some((user_id, standing))
+        },
+    ));
+    Ok(standings)
 }
