@@ -214,7 +214,10 @@ impl Storage {
                          $7::jsonb[])
                   AS c(c_id, c_lease_id, c_result, c_token_usage, c_confidence, c_uncertain_items,
                        c_superfluous_text)
-             WHERE id = c.c_id AND lease_id = c.c_lease_id AND status = 'processing'
+             -- `id = ANY` lets the planner find the batch's rows by primary key
+             -- (without it, it scanned every processing job and hash-joined).
+             WHERE id = ANY($1) AND id = c.c_id AND lease_id = c.c_lease_id
+               AND status = 'processing'
              RETURNING ",
             job_columns!()
         ))
