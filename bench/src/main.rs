@@ -333,7 +333,8 @@ impl Bench {
         let completed = Arc::new(AtomicU64::new(0));
         let counter = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
-        let submitters: Vec<_> = (0..16)
+        // As many callers as the submit scenario.
+        let submitters: Vec<_> = (0..64)
             .map(|i| {
                 let client = self.client(i);
                 let (stop, submitted, counter) = (stop.clone(), submitted.clone(), counter.clone());
@@ -354,7 +355,7 @@ impl Bench {
             .collect();
         let workers: Vec<_> = (0..8)
             .map(|i| {
-                let worker = self.worker(i + 16);
+                let worker = self.worker(i + 64);
                 let (stop, submitted, samples, completed) = (
                     stop.clone(),
                     submitted.clone(),
@@ -543,10 +544,13 @@ impl Bench {
                 let users = users.clone();
                 let created = created.clone();
                 let period = Duration::from_secs_f64(submitters as f64 / rate as f64);
+                // Open loop: each submission starts on its tick, whether or not
+                // the one before has been answered, so the rate holds.
                 tokio::spawn(async move {
                     let mut ticks = tokio::time::interval(period);
                     let end = Instant::now() + window;
                     let mut n = i;
+                    let mut in_flight = Vec::new();
                     while Instant::now() < end {
                         ticks.tick().await;
                         let user = users[n % users.len()];
@@ -555,10 +559,14 @@ impl Bench {
                             format!("https://bench.example/fan-out/{n}.jpg"),
                             sha256_hex(format!("fan-{n}-{user}")),
                         );
-                        client.submit_job(request).await.expect("submitted");
-                        created.fetch_add(1, Ordering::Relaxed);
+                        let (client, created) = (client.clone(), created.clone());
+                        in_flight.push(tokio::spawn(async move {
+                            client.submit_job(request).await.expect("submitted");
+                            created.fetch_add(1, Ordering::Relaxed);
+                        }));
                         n += submitters;
                     }
+                    futures::future::join_all(in_flight).await;
                 })
             })
             .collect();

@@ -38,7 +38,10 @@ type Completed = Result<Result<Job, LeaseRefusal>, StorageError>;
 const COMPLETE_BATCH: usize = 256;
 
 /// Most completion statements at once (each holds one pooled connection).
-const COMPLETE_IN_FLIGHT: usize = 4;
+/// Two, measured by issue 8's benchmark: one batch at a time made the
+/// largest batches but let one slow batch hold every caller; four made more,
+/// smaller batches that contended for the same locks.
+const COMPLETE_IN_FLIGHT: usize = 2;
 
 impl WorkerApi {
     /// The service over `storage`, woken by `feed`; parked calls return early
