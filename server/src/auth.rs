@@ -319,11 +319,7 @@ impl Authenticator {
             })?;
         let unknown = || Error::Unauthenticated("unknown API key".to_owned());
         let (id, digest) = parse_key(key.trim()).ok_or_else(unknown)?;
-        let stored = lookups
-            .call(id)
-            .await
-            .map_err(|lost| Error::Internal(lost.to_string()))??
-            .ok_or_else(unknown)?;
+        let stored = lookups.call(id).await??.ok_or_else(unknown)?;
         if !bool::from(stored.digest.as_slice().ct_eq(&digest)) {
             return Err(unknown());
         }

@@ -231,6 +231,12 @@ impl Error {
     }
 }
 
+impl From<crate::group_commit::Lost> for Error {
+    fn from(lost: crate::group_commit::Lost) -> Self {
+        Self::Internal(lost.to_string())
+    }
+}
+
 impl From<StorageError> for Error {
     fn from(error: StorageError) -> Self {
         match error {

@@ -100,45 +100,37 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     #[tokio::test]
     async fn answers_each_call_and_batches_what_arrives_together() {
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let seen = sizes.clone();
+        let (started, mut sizes) = mpsc::unbounded_channel();
         let (release, gate) = tokio::sync::watch::channel(false);
         let group = GroupCommit::spawn(8, 1, move |items: Vec<u32>| {
-            seen.lock().unwrap().push(items.len());
+            started.send(items.len()).unwrap();
             let mut gate = gate.clone();
             async move {
                 let _ = gate.wait_for(|open| *open).await;
                 items.into_iter().map(|n| n * 10).collect::<Vec<_>>()
             }
         });
-        // The first call holds the only slot until released; the other 19 queue
-        // behind it meanwhile.
+        // The first call holds the only slot until released.
         let first = tokio::spawn({
             let group = group.clone();
             async move { group.call(0).await }
         });
-        while sizes.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        let rest: Vec<_> = (1..20)
-            .map(|n| {
-                let group = group.clone();
-                tokio::spawn(async move { group.call(n).await })
-            })
-            .collect();
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
+        assert_eq!(sizes.recv().await, Some(1));
+        // The other 19 queue behind it: a call is queued when first polled.
+        let mut rest: Vec<_> = (1..20).map(|n| Box::pin(group.call(n))).collect();
+        for call in &mut rest {
+            assert!(futures::poll!(call.as_mut()).is_pending());
         }
         release.send(true).unwrap();
         assert_eq!(first.await.unwrap(), Ok(0));
-        for (n, call) in (1..20).zip(rest) {
-            assert_eq!(call.await.unwrap(), Ok(n * 10));
+        let answers = futures::future::join_all(rest).await;
+        assert_eq!(answers, (1..20).map(|n| Ok(n * 10)).collect::<Vec<_>>());
+        // Then the 19 queued calls in batches of at most 8.
+        for expected in [8, 8, 3] {
+            assert_eq!(sizes.recv().await, Some(expected));
         }
-        // One batch of one, then the 19 queued calls in batches of at most 8.
-        assert_eq!(*sizes.lock().unwrap(), vec![1, 8, 8, 3]);
     }
 }

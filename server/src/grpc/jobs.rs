@@ -91,7 +91,7 @@ impl JobQueueService for JobQueueApi {
             .submissions
             .call(new)
             .await
-            .map_err(|lost| Error::Internal(lost.to_string()))?
+            .map_err(Error::from)?
             .map_err(Error::from)?
         {
             SubmitOutcome::Created(job) => {

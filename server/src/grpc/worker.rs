@@ -196,7 +196,7 @@ impl WorkerService for WorkerApi {
             .completions
             .call(completion)
             .await
-            .map_err(|lost| Error::Internal(lost.to_string()))?
+            .map_err(Error::from)?
             .map_err(Error::from)?
             .map_err(|refusal| refused(refusal, "CompleteJob (the job is finished)"))?;
         log_outcome(&job, "completed");

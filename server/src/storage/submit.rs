@@ -206,9 +206,12 @@ impl Storage {
                     continue;
                 }
             }
-            let standing = usage
-                .get_mut(&new.user_id)
-                .expect("every user of the batch was counted");
+            let standing = usage.get_mut(&new.user_id).ok_or_else(|| {
+                StorageError::Other(sqlx::Error::Protocol(format!(
+                    "no usage was read for user {}",
+                    new.user_id.0
+                )))
+            })?;
             let status = standing.decide();
             if status.refusal.is_some() {
                 decided.push(done(SubmitOutcome::Refused(status)));
