@@ -237,6 +237,74 @@ async fn twenty_watchers_see_500_jobs_changed_by_concurrent_writers() {
 }
 
 #[tokio::test]
+async fn a_bulk_insert_reaches_every_stream_and_wakes_a_parked_claimer() {
+    // One INSERT of 41,000 rows by a writer that is not jobq notifies 1,025 times
+    // (40 jobs each): more than the feed takes in one go before reading the
+    // table. Every job must still reach the stream, and the one queued job, the
+    // last row and so in the last notification, must wake a parked claimer (the
+    // safety poll is a minute, the claim waits 30 s).
+    let server = TestServer::start_configured(|config| {
+        config.claim_poll_interval = std::time::Duration::from_secs(60)
+    })
+    .await;
+    let mut jobs = server.raw_on_new_connection().await;
+    let mut watcher = Watcher::open(&mut jobs, watch_all()).await;
+    let mut worker = WorkerServiceClient::new(server.channel());
+    let parked = tokio::spawn(async move {
+        let answer = worker
+            .claim_jobs(pb::ClaimJobsRequest {
+                wait: Some(prost_types::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
+                ..claim(1)
+            })
+            .await;
+        (answer, std::time::Instant::now())
+    });
+    // The scenario's spacing, not a wait for an event: the rows are written a
+    // second after the claim, so its first look at the queue found nothing.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let rows = 41_000;
+    let queued: Uuid = sqlx::query_scalar(
+        "WITH inserted AS (
+             INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash, status)
+             SELECT gen_random_uuid(), 'https://legacy.example/' || g || '.jpg',
+                    md5(g::text) || md5(g::text || 'x'),
+                    CASE WHEN g = $1 THEN 'queued' ELSE 'completed' END
+             FROM generate_series(1, $1) AS g
+             RETURNING id, status)
+         SELECT id FROM inserted WHERE status = 'queued'",
+    )
+    .bind(rows)
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    let inserted_at = std::time::Instant::now();
+    let (answer, woke_at) = parked.await.unwrap();
+    let claimed = answer.unwrap().into_inner().jobs;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].job.as_ref().unwrap().id, queued.to_string());
+    // Not woken, it would have answered at the end of its 30 s wait.
+    let pickup = woke_at - inserted_at;
+    assert!(
+        pickup < std::time::Duration::from_secs(10),
+        "picked up {pickup:?} after the insert"
+    );
+
+    let mut missing: std::collections::HashSet<String> = table_versions(&server.pool, None)
+        .await
+        .into_keys()
+        .collect();
+    assert_eq!(missing.len(), rows as usize);
+    while !missing.is_empty() {
+        let event = watcher.next().await;
+        missing.remove(&event.job.unwrap().id);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn killing_the_listener_loses_nothing() {
     let server = TestServer::start().await;
     let mut jobs = server.raw();

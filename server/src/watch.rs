@@ -28,6 +28,7 @@ use std::time::Duration;
 use jobq_proto::pb;
 use std::str::FromStr;
 
+use futures_util::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
@@ -51,6 +52,10 @@ const RING: usize = 1024;
 /// Every this many batches, every stream is woken to read the ring, so that a
 /// stream whose jobs did not change does not fall off it.
 const SWEEP: u64 = (RING / 4) as u64;
+
+/// At most this many notifications already arrived are handled before the feed
+/// reads the table once for all of them.
+const BURST: usize = 1024;
 
 /// One job of a batch, converted once for every stream.
 #[derive(Debug, Clone)]
@@ -359,34 +364,51 @@ pub async fn listen(
             } else {
                 Duration::from_secs(3600)
             };
-            tokio::select! {
-                received = listener.try_recv() => match received {
+            let received = tokio::select! {
+                received = listener.try_recv() => received,
+                () = tokio::time::sleep(retry) => continue,
+                _ = stop.wait_for(|stop| *stop) => {
+                    feed.listening.send_replace(false);
+                    return;
+                }
+            };
+            // A burst (a bulk write notifies once per 40 rows) is taken whole:
+            // every notification that has already arrived is handled before the
+            // table is read once for all of them, at most BURST at a time so
+            // that a steady flow of them cannot hold the read back. One read per
+            // notification cost a 300,000-row insert 7,500 queries.
+            let mut received = Some(received);
+            let mut taken = 0;
+            let mut failed = false;
+            while let Some(result) = received.take() {
+                match result {
                     Ok(Some(notification)) => {
                         tracing::trace!(payload = notification.payload(), "notified");
                         feed.on_notification(notification.payload());
-                        while let Some(more) = listener.next_buffered() {
-                            feed.on_notification(more.payload());
-                        }
-                        dirty = true;
                     }
                     Ok(None) => {
                         // The connection was lost and has been re-established
                         // (eager reconnect); what was notified meanwhile is gone,
                         // so read what changed from the table.
-                        tracing::warn!("change feed lost its connection and reconnected; catching up");
+                        tracing::warn!(
+                            "change feed lost its connection and reconnected; catching up"
+                        );
                         feed.wake_claimers();
-                        dirty = true;
                     }
                     Err(error) => {
                         tracing::warn!(%error, "change feed failed; reconnecting");
+                        failed = true;
                         break;
                     }
-                },
-                () = tokio::time::sleep(retry) => {}
-                _ = stop.wait_for(|stop| *stop) => {
-                    feed.listening.send_replace(false);
-                    return;
                 }
+                dirty = true;
+                taken += 1;
+                if taken < BURST {
+                    received = listener.try_recv().now_or_never();
+                }
+            }
+            if failed {
+                break;
             }
         }
         feed.listening.send_replace(false);
