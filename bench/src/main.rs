@@ -219,6 +219,19 @@ impl Bench {
         self.client(i).worker()
     }
 
+    /// Before each scenario (and after each bulk load): what came before is
+    /// cleaned up so that each scenario is measured on its own, as pgbench
+    /// vacuums before its own run. Dead row versions are vacuumed (a claim would
+    /// otherwise walk the queue index over every job the scenario before
+    /// claimed), statistics are fresh, and a checkpoint writes the dirty pages
+    /// (otherwise the next scenario's commits wait behind the writes of the
+    /// last one's, and its first change of each page logs the whole page).
+    fn settle(&self) {
+        let db = &self.args.database_url;
+        psql(db, "VACUUM ANALYZE menu_extraction_jobs");
+        psql(db, "CHECKPOINT");
+    }
+
     fn size(&self, full: u64, smoke: u64) -> u64 {
         if self.args.smoke { smoke } else { full }
     }
@@ -610,15 +623,15 @@ impl Bench {
         let db = &self.args.database_url;
         let (small, large) = (self.size(10_000, 2_000), self.size(1_000_000, 20_000));
         psql(db, "TRUNCATE menu_extraction_jobs CASCADE");
-        // VACUUM as well as ANALYZE after each bulk load, so that both sizes are
-        // measured as a table in service is (visibility map and hint bits set),
-        // not while the first reads of a million new rows write hint bits and
-        // autovacuum starts on them.
+        // Settled after each bulk load, so that both sizes are measured as a
+        // table in service is (visibility map and hint bits set, pages written),
+        // not while the first reads of a million new rows write hint bits,
+        // autovacuum starts on them and a checkpoint writes them out.
         insert_jobs(db, small, 2_000.min(small), 50);
-        psql(db, "VACUUM ANALYZE menu_extraction_jobs");
+        self.settle();
         let mut figures = self.scale_at(small, false).await;
         insert_jobs(db, large - small, 0, 5_000);
-        psql(db, "VACUUM ANALYZE menu_extraction_jobs");
+        self.settle();
         figures.extend(self.scale_at(large, true).await);
         figures
     }
@@ -787,18 +800,23 @@ async fn main() {
         |name: &str| bench.args.only.is_empty() || bench.args.only.iter().any(|o| o == name);
     let mut all: Vec<Figures> = Vec::new();
     if wanted("submit") {
+        bench.settle();
         all.push(bench.submit().await);
     }
     if wanted("drain") {
+        bench.settle();
         all.push(bench.drain().await);
     }
     if wanted("steady") {
+        bench.settle();
         all.push(bench.steady().await);
     }
     if wanted("pickup") {
+        bench.settle();
         all.push(bench.pickup().await);
     }
     if wanted("fan-out") {
+        bench.settle();
         all.push(bench.fan_out().await);
     }
     if wanted("scale") {
