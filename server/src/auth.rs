@@ -21,7 +21,7 @@ use tower::{Layer, Service};
 use uuid::Uuid;
 
 use crate::error::{Error, FieldViolation};
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, SPARE_AFTER};
 use crate::job::UserId;
 use crate::storage::keys::{ApiKeyRecord, KeyCheck};
 use crate::storage::{Storage, StorageError};
@@ -269,7 +269,8 @@ pub enum Authenticator {
 /// Most keys looked up in one statement.
 const LOOKUP_BATCH: usize = 256;
 
-/// Most key lookups at once (each holds one pooled connection).
+/// Most key lookups at once (each holds one pooled connection): one, and more
+/// while the next has waited [`SPARE_AFTER`] for a slot.
 const LOOKUPS_IN_FLIGHT: usize = 4;
 
 impl Authenticator {
@@ -278,7 +279,7 @@ impl Authenticator {
     /// so a revoked key stops working on its next call on every server. Must be
     /// called within a Tokio runtime.
     pub fn keys(storage: Storage) -> Self {
-        let lookups = GroupCommit::spawn(LOOKUP_BATCH, LOOKUPS_IN_FLIGHT, {
+        let lookups = GroupCommit::spawn(LOOKUP_BATCH, LOOKUPS_IN_FLIGHT, SPARE_AFTER, {
             let storage = storage.clone();
             move |ids: Vec<Uuid>| {
                 let storage = storage.clone();

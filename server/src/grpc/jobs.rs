@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::convert::{self, JobRef, status_to_pb};
 use crate::error::Error;
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, SPARE_AFTER};
 use crate::job::{ListCursor, ListQuery, NewJob, UserId};
 use crate::page_token::PageToken;
 use crate::plans::Plans;
@@ -39,10 +39,9 @@ pub struct Watching {
 /// Most submissions decided in one transaction.
 const SUBMIT_BATCH: usize = 128;
 
-/// Most submission transactions at once (each holds one pooled connection).
-/// Two, measured by issue 8's benchmark: one batch at a time made the
-/// largest batches but let one slow batch hold every caller; four made more,
-/// smaller batches that contended for the same locks.
+/// Most submission transactions at once (each holds one pooled connection):
+/// one, and a second when the next batch has waited [`SPARE_AFTER`] for the
+/// first (see [`crate::group_commit`]).
 const SUBMIT_IN_FLIGHT: usize = 2;
 
 /// Submits and reads jobs.
@@ -59,7 +58,7 @@ impl JobQueueApi {
     /// `watch`. Concurrent submissions share transactions (see
     /// [`crate::group_commit`]). Must be called within a Tokio runtime.
     pub fn new(storage: Storage, plans: Arc<Plans>, watch: Watching) -> Self {
-        let submissions = GroupCommit::spawn(SUBMIT_BATCH, SUBMIT_IN_FLIGHT, {
+        let submissions = GroupCommit::spawn(SUBMIT_BATCH, SUBMIT_IN_FLIGHT, SPARE_AFTER, {
             let storage = storage.clone();
             let plans = plans.clone();
             move |batch: Vec<NewJob>| {

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{self, WorkerLimits, status_to_pb, timestamp};
 use crate::error::Error;
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, SPARE_AFTER};
 use crate::job::{ClaimRequest, ClaimedJob, Completion, Failure, Job};
 use crate::storage::leases::LeaseRefusal;
 use crate::storage::{Storage, StorageError};
@@ -37,10 +37,9 @@ type Completed = Result<Result<Job, LeaseRefusal>, StorageError>;
 /// Most completions applied in one statement.
 const COMPLETE_BATCH: usize = 256;
 
-/// Most completion statements at once (each holds one pooled connection).
-/// Two, measured by issue 8's benchmark: one batch at a time made the
-/// largest batches but let one slow batch hold every caller; four made more,
-/// smaller batches that contended for the same locks.
+/// Most completion statements at once (each holds one pooled connection):
+/// one, and a second when the next batch has waited [`SPARE_AFTER`] for the
+/// first (see [`crate::group_commit`]).
 const COMPLETE_IN_FLIGHT: usize = 2;
 
 impl WorkerApi {
@@ -54,7 +53,7 @@ impl WorkerApi {
         stop: watch::Receiver<bool>,
     ) -> Self {
         // Concurrent completions share statements (see crate::group_commit).
-        let completions = GroupCommit::spawn(COMPLETE_BATCH, COMPLETE_IN_FLIGHT, {
+        let completions = GroupCommit::spawn(COMPLETE_BATCH, COMPLETE_IN_FLIGHT, SPARE_AFTER, {
             let storage = storage.clone();
             move |batch: Vec<Completion>| {
                 let storage = storage.clone();
