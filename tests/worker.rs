@@ -171,6 +171,60 @@ async fn a_parked_worker_is_woken_by_the_notification() {
 }
 
 #[tokio::test]
+async fn one_notification_of_five_jobs_wakes_five_parked_claimers() {
+    // Five jobs queued in one statement are one notification; it must wake
+    // every claimer the work needs, not just one: all five are claimed at once,
+    // not at the end of the others' waits (30 s; the safety poll is a minute).
+    let server =
+        TestServer::start_configured(|config| config.claim_poll_interval = Duration::from_secs(60))
+            .await;
+    let parked: Vec<_> = (0..5)
+        .map(|n| {
+            let mut client = worker(&server);
+            tokio::spawn(async move {
+                let answer = client
+                    .claim_jobs(claim(
+                        &format!("parked-{n}"),
+                        1,
+                        Duration::from_secs(60),
+                        Duration::from_secs(30),
+                    ))
+                    .await;
+                (answer.unwrap().into_inner().jobs, Instant::now())
+            })
+        })
+        .collect();
+    // The scenario's spacing, not a wait for an event: the jobs are queued a
+    // second after the claims, so their first looks found nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let queued: Vec<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash)
+         SELECT gen_random_uuid(), 'https://legacy.example/' || g || '.jpg',
+                md5(g::text) || md5(g::text || 'x')
+         FROM generate_series(1, 5) AS g
+         RETURNING id",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    let inserted_at = Instant::now();
+    let mut claimed = HashSet::new();
+    for claimer in parked {
+        let (jobs, answered_at) = claimer.await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        claimed.insert(jobs[0].job.as_ref().unwrap().id.clone());
+        let after = answered_at - inserted_at;
+        assert!(
+            after < Duration::from_secs(10),
+            "claimed {after:?} after the insert"
+        );
+    }
+    let queued: HashSet<String> = queued.into_iter().map(|(id,)| id.to_string()).collect();
+    assert_eq!(claimed, queued);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_vanished_workers_job_is_requeued_and_its_late_completion_refused() {
     let server =
         TestServer::start_configured(|config| config.reaper_interval = Duration::from_millis(100))
