@@ -9,10 +9,11 @@
 //! themselves.
 //!
 //! One batch runs at a time; a batch waits for the one before it, which is what
-//! makes batches grow and keeps the database's work per call small. A second
-//! batch (up to `in_flight`) starts only when the next has waited `spare_after`
-//! for the first: a slow batch (a lock held elsewhere, a retry one by one) then
-//! delays the others by at most that, instead of holding every caller.
+//! makes batches grow and keeps the database's work per call small. Another
+//! batch (up to `in_flight` in all) starts beside it only once it has waited
+//! `spare_after`: a slow batch (a lock held elsewhere, a retry one by one) then
+//! delays the next by at most that while a spare slot is free, instead of
+//! holding every caller until it ends.
 //!
 //! A batch function answers every item of its batch, in order. A caller that
 //! gives up (its RPC was cancelled) does not take its item out of a batch already
