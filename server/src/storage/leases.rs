@@ -148,10 +148,16 @@ impl Storage {
         if batch.len() == 1 {
             return vec![self.complete_job(&batch[0]).await];
         }
+        // Whether each completion is the first in the batch to name its job.
         let mut named = HashSet::new();
+        let first: Vec<bool> = batch
+            .iter()
+            .map(|completion| named.insert(completion.lease.job_id))
+            .collect();
         let firsts: Vec<&Completion> = batch
             .iter()
-            .filter(|completion| named.insert(completion.lease.job_id))
+            .zip(&first)
+            .filter_map(|(completion, &first)| first.then_some(completion))
             .collect();
         let mut done: HashMap<JobId, Job> = match self.complete(&firsts).await {
             Ok(jobs) => jobs.into_iter().map(|job| (job.id, job)).collect(),
@@ -166,10 +172,9 @@ impl Storage {
                 return outcomes;
             }
         };
-        let mut seen = HashSet::new();
         let mut outcomes = Vec::with_capacity(batch.len());
-        for completion in batch {
-            let outcome = if seen.insert(completion.lease.job_id) {
+        for (completion, first) in batch.iter().zip(first) {
+            let outcome = if first {
                 match done.remove(&completion.lease.job_id) {
                     Some(job) => Ok(Ok(job)),
                     None => self.why_not(completion.lease).await.map(Err),

@@ -57,10 +57,10 @@ impl Storage {
     }
 }
 
-/// Takes the submission locks of `users` (sorted, without duplicates) for the
-/// rest of the transaction; returns the instant the last was granted (the
-/// instant every limit is judged at, and the `created_at` of the jobs inserted
-/// under them) and the plans stored for them.
+/// Takes the submission locks of `users` for the rest of the transaction;
+/// returns the instant the last was granted (the instant every limit is judged
+/// at, and the `created_at` of the jobs inserted under them) and the plans
+/// stored for them.
 ///
 /// A lock is a transaction-scoped advisory lock keyed by the user id: it holds
 /// across every server process on the database, writes nothing (no row to
