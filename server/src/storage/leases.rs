@@ -206,7 +206,6 @@ impl Storage {
             uncertain_items.push(completion.uncertain_items.clone());
             superfluous_text.push(completion.superfluous_text.clone());
         }
-        // Planned at each execution: see storage::submit::lookup.
         let jobs = sqlx::query_as::<_, Job>(concat!(
             "UPDATE menu_extraction_jobs
              SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END,
@@ -226,7 +225,6 @@ impl Storage {
              RETURNING ",
             job_columns!()
         ))
-        .persistent(false)
         .bind(ids)
         .bind(leases)
         .bind(results)

@@ -283,9 +283,6 @@ async fn lookup(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<Found>,
             prompts.push(new.prompt_version.as_str());
         }
     }
-    // Planned at each execution (an unnamed statement), like every statement
-    // over a batch's arrays: a plan cached while the table was small keeps
-    // joining by sequential scan long after the table has grown.
     let found = sqlx::query_as::<_, Found>(concat!(
         "SELECT q.item, true AS by_request, j.*
          FROM unnest($1::int[], $2::uuid[], $3::uuid[]) AS q(item, user_id, request_id)
@@ -310,7 +307,6 @@ async fn lookup(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<Found>,
              LIMIT 1
          ) AS j"
     ))
-    .persistent(false)
     .bind(request_items)
     .bind(request_users)
     .bind(request_ids)

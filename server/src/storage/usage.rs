@@ -230,7 +230,6 @@ pub(crate) async fn usage<'a>(
     // whose leaving could free the slot for one of the transaction's
     // submissions: from the (used - limit + 1)-th oldest on (the oldest for an
     // unlimited hour), one per submission.
-    // Planned at each execution: see storage::submit::lookup.
     let rows: Vec<UsageRow> = sqlx::query_as(
         // `user_id = ANY($1)` rather than a lateral subquery per user: with
         // the batch's arrays as parameters, the planner turned the lateral into a
@@ -252,7 +251,6 @@ pub(crate) async fn usage<'a>(
                          ELSE GREATEST(coalesce(c.hourly_used, 0) - q.hourly_limit, 0) + 1 END AS first
          ) AS f",
     )
-    .persistent(false)
     .bind(users)
     .bind(hourly_limits)
     .bind(submissions)
