@@ -1000,3 +1000,90 @@ async fn a_parked_claim_answers_before_the_callers_deadline() {
 
     server.stop().await;
 }
+
+/// Concurrent completions share statements (a batch): each job must get its own
+/// completion's values, and a completion under another job's lease must be
+/// refused without touching either job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_completions_each_store_their_own_result() {
+    let server = TestServer::start().await;
+    let user = Uuid::new_v4();
+    let mut jobs = server.raw();
+    for n in 0..60 {
+        jobs.submit_job(submission(user, n)).await.unwrap();
+    }
+    let claimed = worker(&server)
+        .claim_jobs(claim("w", 60, Duration::from_secs(300), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(claimed.len(), 60);
+
+    // Jobs 0..50 are completed under their own lease, each with a result and
+    // a confidence naming it; jobs 50..60 swap leases in pairs (50 sends 51's,
+    // 51 sends 50's, ...), so each batch may hold both leases, neither under
+    // its own job.
+    let calls = claimed.iter().enumerate().map(|(n, job)| {
+        let mut client = worker(&server);
+        let id = job.job.as_ref().unwrap().id.clone();
+        let lease_id = if n < 50 {
+            job.lease_id.clone()
+        } else {
+            claimed[n ^ 1].lease_id.clone()
+        };
+        let serde_json::Value::Object(result) = serde_json::json!({"job": id}) else {
+            unreachable!()
+        };
+        let request = pb::CompleteJobRequest {
+            job_id: id,
+            lease_id,
+            result: Some(jobq_proto::json::json_to_struct(result)),
+            confidence: Some(n as f32 / 100.0),
+            ..Default::default()
+        };
+        async move { client.complete_job(request).await }
+    });
+    let outcomes = futures::future::join_all(calls).await;
+
+    for (n, (outcome, job)) in outcomes.into_iter().zip(&claimed).enumerate() {
+        let id = &job.job.as_ref().unwrap().id;
+        if n < 50 {
+            let done = outcome.unwrap().into_inner().job.unwrap();
+            assert_eq!(&done.id, id);
+            assert_eq!(done.status(), pb::JobStatus::Completed);
+            assert_eq!(done.confidence, Some(n as f32 / 100.0), "job {n}");
+        } else {
+            let status = outcome.unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::FailedPrecondition,
+                "job {n}: {status:?}"
+            );
+            assert_eq!(error_info(&status).0, "LEASE_LOST", "job {n}");
+        }
+    }
+    let stored: Vec<(String, String, Option<serde_json::Value>, Option<f32>)> =
+        sqlx::query_as("SELECT id::text, status, result, confidence FROM menu_extraction_jobs")
+            .fetch_all(&server.pool)
+            .await
+            .unwrap();
+    for (id, status, result, confidence) in stored {
+        let n = claimed
+            .iter()
+            .position(|job| job.job.as_ref().unwrap().id == id)
+            .unwrap();
+        if n < 50 {
+            assert_eq!(status, "completed", "job {n}");
+            assert_eq!(result, Some(serde_json::json!({"job": id})), "job {n}");
+            assert_eq!(confidence, Some(n as f32 / 100.0), "job {n}");
+        } else {
+            assert_eq!(
+                (status.as_str(), result, confidence),
+                ("processing", None, None),
+                "job {n}"
+            );
+        }
+    }
+    server.stop().await;
+}
