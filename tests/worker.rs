@@ -1087,3 +1087,88 @@ async fn concurrent_completions_each_store_their_own_result() {
     }
     server.stop().await;
 }
+
+/// Concurrent claims share statements (a batch): each caller still gets at most
+/// its max_jobs, under its own worker id and lease length, oldest first, and no
+/// job goes to two callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_each_get_their_own_share_under_their_own_lease() {
+    let server = TestServer::start().await;
+    let user = Uuid::new_v4();
+    let mut jobs = server.raw();
+    for n in 0..150 {
+        jobs.submit_job(submission(user, n)).await.unwrap();
+    }
+    // Twenty claimers asking for 1 to 20 jobs (210 in all) with leases of
+    // 100 to 119 seconds.
+    let calls = (0..20_i32).map(|i| {
+        let mut client = worker(&server);
+        let request = claim(
+            &format!("claimer-{i}"),
+            i + 1,
+            Duration::from_secs(100 + i as u64),
+            Duration::ZERO,
+        );
+        async move {
+            (
+                i,
+                client.claim_jobs(request).await.unwrap().into_inner().jobs,
+            )
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+
+    let mut seen = HashSet::new();
+    for (i, claimed) in &answers {
+        assert!(
+            claimed.len() <= (*i + 1) as usize,
+            "claimer {i} got {}",
+            claimed.len()
+        );
+        let created: Vec<_> = claimed
+            .iter()
+            .map(|c| {
+                let job = c.job.as_ref().unwrap();
+                let created = job.created_at.unwrap();
+                (created.seconds, created.nanos, job.id.clone())
+            })
+            .collect();
+        let mut sorted = created.clone();
+        sorted.sort();
+        assert_eq!(created, sorted, "claimer {i}: oldest first");
+        for c in claimed {
+            assert!(
+                seen.insert(c.job.as_ref().unwrap().id.clone()),
+                "claimed twice"
+            );
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        150,
+        "every queued job claimed, by one caller each"
+    );
+
+    // Each job is held under its claimer's worker id and lease length.
+    let stored: Vec<(String, Option<String>, Option<i64>, f64)> = sqlx::query_as(
+        "SELECT id::text, worker_id, lease_duration_ms,
+                EXTRACT(EPOCH FROM lease_expires_at - started_at)::float8
+         FROM menu_extraction_jobs",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    for (id, worker_id, lease_ms, lease_seconds) in stored {
+        let (i, _) = answers
+            .iter()
+            .find(|(_, claimed)| claimed.iter().any(|c| c.job.as_ref().unwrap().id == id))
+            .unwrap();
+        assert_eq!(worker_id.as_deref(), Some(format!("claimer-{i}").as_str()));
+        assert_eq!(lease_ms, Some((100 + i64::from(*i)) * 1000));
+        assert!(
+            (lease_seconds - (100.0 + f64::from(*i))).abs() < 0.01,
+            "{lease_seconds}"
+        );
+    }
+    server.stop().await;
+}

@@ -28,11 +28,22 @@ pub struct WorkerApi {
     /// notification (a safety net; notifications are the main path).
     safety_poll: Duration,
     stop: watch::Receiver<bool>,
+    claims: GroupCommit<ClaimRequest, Claimed>,
     completions: GroupCommit<Completion, Completed>,
 }
 
+/// What a claim came to.
+type Claimed = Result<Vec<ClaimedJob>, StorageError>;
+
 /// What a completion came to.
 type Completed = Result<Result<Job, LeaseRefusal>, StorageError>;
+
+/// Most claims answered by one statement.
+const CLAIM_BATCH: usize = 32;
+
+/// Most claim statements at once: one, and a second when the next batch has
+/// waited [`SPARE_AFTER`] for the first (see [`crate::group_commit`]).
+const CLAIM_IN_FLIGHT: usize = 2;
 
 /// Most completions applied in one statement.
 const COMPLETE_BATCH: usize = 256;
@@ -52,7 +63,22 @@ impl WorkerApi {
         safety_poll: Duration,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        // Concurrent completions share statements (see crate::group_commit).
+        // Concurrent claims, and concurrent completions, share statements (see
+        // crate::group_commit). Claimers woken by the same jobs then share them
+        // in one statement, instead of each running its own and all but one
+        // finding nothing.
+        let claims = GroupCommit::spawn(CLAIM_BATCH, CLAIM_IN_FLIGHT, SPARE_AFTER, {
+            let storage = storage.clone();
+            move |batch: Vec<ClaimRequest>| {
+                let storage = storage.clone();
+                async move {
+                    match storage.claim_batch(&batch).await {
+                        Ok(claimed) => claimed.into_iter().map(Ok).collect(),
+                        Err(error) => batch.iter().map(|_| Err(error.shared())).collect(),
+                    }
+                }
+            }
+        });
         let completions = GroupCommit::spawn(COMPLETE_BATCH, COMPLETE_IN_FLIGHT, SPARE_AFTER, {
             let storage = storage.clone();
             move |batch: Vec<Completion>| {
@@ -66,6 +92,7 @@ impl WorkerApi {
             limits,
             safety_poll,
             stop,
+            claims,
             completions,
         }
     }
@@ -78,7 +105,7 @@ impl WorkerApi {
         loop {
             // Subscribe before looking, so that work queued in between wakes us.
             let mut queued = self.feed.queued_work();
-            let claimed = self.storage.claim_jobs(request).await?;
+            let claimed = self.claims.call(request.clone()).await??;
             let now = Instant::now();
             if !claimed.is_empty() || now >= deadline {
                 return Ok(claimed);

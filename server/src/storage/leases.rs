@@ -49,6 +49,14 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A job claimed by a batch, and the index of the caller it was dealt to.
+#[derive(sqlx::FromRow)]
+struct Dealt {
+    caller: i32,
+    #[sqlx(flatten)]
+    job: ClaimedJob,
+}
+
 /// The columns of [`ClaimedJob`]: the job's and its lease.
 macro_rules! claimed_columns {
     () => {
@@ -93,6 +101,77 @@ impl Storage {
         .await?;
         jobs.sort_by_key(|claimed| (claimed.job.created_at, claimed.job.id.0));
         Ok(jobs)
+    }
+
+    /// Claims for several callers in one statement, each as
+    /// [`Storage::claim_jobs`] would for it alone: the oldest queued jobs, dealt
+    /// in turn (the oldest to the first caller, the next to the second, and so
+    /// on round the callers until each has its `max_jobs` or none is left), so
+    /// that callers woken together by the same jobs share them instead of one
+    /// taking all and the rest finding nothing. Each caller's jobs come under its
+    /// own worker id and lease length, oldest first.
+    pub async fn claim_batch(
+        &self,
+        requests: &[ClaimRequest],
+    ) -> Result<Vec<Vec<ClaimedJob>>, StorageError> {
+        if let [request] = requests {
+            return Ok(vec![self.claim_jobs(request).await?]);
+        }
+        // The caller of each slot, in the order slots are filled.
+        let most = requests.iter().map(|r| r.max_jobs).max().unwrap_or(0);
+        let slots: Vec<i32> = (0..most)
+            .flat_map(|round| {
+                (0_i32..)
+                    .zip(requests)
+                    .filter(move |(_, r)| round < r.max_jobs)
+                    .map(|(caller, _)| caller)
+            })
+            .collect();
+        let workers: Vec<&str> = requests.iter().map(|r| r.worker_id.as_str()).collect();
+        let leases: Vec<i64> = requests.iter().map(|r| millis(r.lease)).collect();
+        let dealt = sqlx::query_as::<_, Dealt>(concat!(
+            "WITH picked AS (
+                 SELECT id AS picked_id, row_number() OVER (ORDER BY created_at, id) AS slot
+                 FROM (SELECT id, created_at FROM menu_extraction_jobs
+                       WHERE status = 'queued'
+                       ORDER BY created_at, id
+                       LIMIT cardinality($1::int[])
+                       FOR UPDATE SKIP LOCKED) AS oldest
+             ),
+             dealt AS (
+                 SELECT picked_id, ($1::int[])[slot] AS caller FROM picked
+             )
+             UPDATE menu_extraction_jobs AS j
+             SET status = 'processing',
+                 started_at = now(),
+                 attempt = j.attempt + 1,
+                 worker_id = ($2::text[])[dealt.caller + 1],
+                 lease_id = gen_random_uuid(),
+                 lease_duration_ms = ($3::bigint[])[dealt.caller + 1],
+                 lease_expires_at = now() + ($3::bigint[])[dealt.caller + 1] * INTERVAL '1 millisecond'
+             FROM dealt
+             WHERE j.id = dealt.picked_id
+             RETURNING dealt.caller, ",
+            claimed_columns!()
+        ))
+        .bind(slots)
+        .bind(workers)
+        .bind(leases)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed: Vec<Vec<ClaimedJob>> = requests.iter().map(|_| Vec::new()).collect();
+        for Dealt { caller, job } in dealt {
+            if let Some(jobs) = usize::try_from(caller)
+                .ok()
+                .and_then(|c| claimed.get_mut(c))
+            {
+                jobs.push(job);
+            }
+        }
+        for jobs in &mut claimed {
+            jobs.sort_by_key(|claimed| (claimed.job.created_at, claimed.job.id.0));
+        }
+        Ok(claimed)
     }
 
     /// Extends a lease to `extend_by` from now (or the length it was claimed with).
