@@ -1001,17 +1001,22 @@ async fn a_parked_claim_answers_before_the_callers_deadline() {
     server.stop().await;
 }
 
+/// Queues `count` jobs of one new user, oldest first.
+async fn queue_jobs(server: &TestServer, count: u64) {
+    let user = Uuid::new_v4();
+    let mut jobs = server.raw();
+    for n in 0..count {
+        jobs.submit_job(submission(user, n)).await.unwrap();
+    }
+}
+
 /// Concurrent completions share statements (a batch): each job must get its own
 /// completion's values, and a completion under another job's lease must be
 /// refused without touching either job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_completions_each_store_their_own_result() {
     let server = TestServer::start().await;
-    let user = Uuid::new_v4();
-    let mut jobs = server.raw();
-    for n in 0..60 {
-        jobs.submit_job(submission(user, n)).await.unwrap();
-    }
+    queue_jobs(&server, 60).await;
     let claimed = worker(&server)
         .claim_jobs(claim("w", 60, Duration::from_secs(300), Duration::ZERO))
         .await
@@ -1094,11 +1099,7 @@ async fn concurrent_completions_each_store_their_own_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_each_get_their_own_share_under_their_own_lease() {
     let server = TestServer::start().await;
-    let user = Uuid::new_v4();
-    let mut jobs = server.raw();
-    for n in 0..150 {
-        jobs.submit_job(submission(user, n)).await.unwrap();
-    }
+    queue_jobs(&server, 150).await;
     // Twenty claimers asking for 1 to 20 jobs (210 in all) with leases of
     // 100 to 119 seconds.
     let calls = (0..20_i32).map(|i| {
