@@ -19,6 +19,7 @@ use jobq_server::quota::Refusal;
 use jobq_server::storage::Storage;
 use jobq_server::storage::submit::SubmitOutcome;
 use proptest::prelude::*;
+use sqlx::Connection;
 use uuid::Uuid;
 
 use common::TestDb;
@@ -213,4 +214,57 @@ fn a_batch_decides_as_its_submissions_would_one_by_one() {
     if let Err(failure) = result {
         panic!("{failure}");
     }
+}
+
+/// A submission abandoned while it waits for its user's lock (its caller gave
+/// up) leaves no pooled connection inside a transaction: once the lock is free,
+/// every connection of the pool serves the next submissions at once.
+#[tokio::test]
+async fn a_submission_abandoned_while_waiting_for_the_lock_leaves_the_pool_clean() {
+    let db = TestDb::new();
+    let storage = Storage::open(&db.url, 2).await.expect("database");
+    let plans = Plans::parse(PLANS).unwrap();
+    let user = UserId(Uuid::new_v4());
+    let new_job = |n: u8| NewJob {
+        user_id: user,
+        image_url: format!("https://photos.example/{n}.jpg"),
+        image_sha256: format!("{n:064x}"),
+        schema_version: "v1".into(),
+        prompt_version: "p1".into(),
+        force: false,
+        request_id: None,
+    };
+
+    // Another session holds the user's submission lock.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut holder = holder.begin().await.unwrap();
+    let (high, low) = user.0.as_u64_pair();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(i64::from_ne_bytes((high ^ low).to_ne_bytes()))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let abandoned = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        storage.submit_job(&new_job(1), &plans),
+    )
+    .await;
+    assert!(abandoned.is_err(), "it waited for the lock");
+    holder.rollback().await.unwrap();
+
+    // A connection left inside the abandoned transaction would hold the lock
+    // for good, and the next submissions of the user (on the pool's other
+    // connection) would wait for it.
+    for n in 2..6 {
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            storage.submit_job(&new_job(n), &plans),
+        )
+        .await
+        .expect("answered once the lock was free")
+        .unwrap();
+        assert!(matches!(outcome, SubmitOutcome::Created(_)), "{outcome:?}");
+    }
+    storage.close().await;
+    db.drop_database().await;
 }

@@ -13,6 +13,22 @@ macro_rules! job_columns {
     };
 }
 
+/// The clock and the stored plans of the users whose submission locks the
+/// transaction holds (see [`usage::begin_locked`]): a one-row query named
+/// `head` over `$1` (the users' ids), with columns `now`, `plan_users` and
+/// `plans`. Read in a statement after the locks, so `now` is after every lock
+/// was granted: the instant every limit is judged at, and the `created_at` of
+/// the jobs inserted under them.
+macro_rules! submission_head {
+    () => {
+        "head AS MATERIALIZED (
+             SELECT clock_timestamp() AS now, p.plan_users, p.plans
+             FROM (SELECT array_agg(user_id) AS plan_users, array_agg(plan) AS plans
+                   FROM user_plans WHERE user_id = ANY($1::uuid[])) AS p
+         )"
+    };
+}
+
 pub mod changes;
 pub mod jobs;
 pub mod keys;

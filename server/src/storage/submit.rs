@@ -5,12 +5,13 @@
 //! one created (for deduplication, `request_id` and the limits), and nothing
 //! else changes between them because every user of the batch is locked for the
 //! whole transaction. The batch costs the same statements as one submission:
-//! lock and plans, lookups, usage, insert, commit (one NOTIFY).
+//! begin and lock, lookups (with the clock and plans), usage, insert, commit
+//! (one NOTIFY).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{FromRow, PgConnection, Row};
 use uuid::Uuid;
 
 use super::usage::{self, UsageRequest};
@@ -48,12 +49,18 @@ fn done(outcome: SubmitOutcome) -> Decided {
 }
 
 /// Which submission of a batch a looked-up job belongs to, and how it was found.
-#[derive(sqlx::FromRow)]
 struct Found {
     item: i32,
     by_request: bool,
-    #[sqlx(flatten)]
     job: Job,
+}
+
+/// What [`lookup`] read: the clock and plans of the locked users, and the jobs
+/// found.
+struct LookedUp {
+    now: DateTime<Utc>,
+    plans: HashMap<UserId, String>,
+    found: Vec<Found>,
 }
 
 /// What identifies a submission for deduplication.
@@ -136,12 +143,15 @@ impl Storage {
         batch: &[NewJob],
         plans: &Plans,
     ) -> Result<Vec<Option<SubmitOutcome>>, StorageError> {
-        let mut tx = self.pool.begin().await?;
         let mut users: Vec<UserId> = batch.iter().map(|new| new.user_id).collect();
         users.sort_by_key(|user| user.0);
         users.dedup();
-        let (now, stored_plans) = usage::lock_users(&mut tx, &users).await?;
-        let found = lookup(&mut tx, batch).await?;
+        let mut tx = usage::begin_locked(&self.pool, &users).await?;
+        let LookedUp {
+            now,
+            plans: stored_plans,
+            found,
+        } = lookup(&mut tx, &users, batch).await?;
         let requests: Vec<UsageRequest> = users
             .iter()
             .map(|&user_id| UsageRequest {
@@ -261,11 +271,17 @@ impl Storage {
     }
 }
 
-/// For each submission of `batch` (by its index): the job the user submitted
-/// earlier with the same `request_id`, and the newest live job of the same user
-/// and submission, exempt ones included. The users' locks, held by the caller,
-/// keep both true until the transaction ends.
-async fn lookup(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<Found>, StorageError> {
+/// The clock and plans of `users` (see [`submission_head!`]), and for each
+/// submission of `batch` (by its index): the job the user submitted earlier with
+/// the same `request_id`, and the newest live job of the same user and
+/// submission, exempt ones included. The users' locks, held by the caller, keep
+/// all of it true until the transaction ends.
+async fn lookup(
+    conn: &mut PgConnection,
+    users: &[UserId],
+    batch: &[NewJob],
+) -> Result<LookedUp, StorageError> {
+    let users: Vec<Uuid> = users.iter().map(|user| user.0).collect();
     let (mut request_items, mut request_users, mut request_ids) = (vec![], vec![], vec![]);
     let (mut live_items, mut live_users) = (vec![], vec![]);
     let (mut hashes, mut schemas, mut prompts) = (vec![], vec![], vec![]);
@@ -283,30 +299,38 @@ async fn lookup(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<Found>,
             prompts.push(new.prompt_version.as_str());
         }
     }
-    let found = sqlx::query_as::<_, Found>(concat!(
-        "SELECT q.item, true AS by_request, j.*
-         FROM unnest($1::int[], $2::uuid[], $3::uuid[]) AS q(item, user_id, request_id)
-         CROSS JOIN LATERAL (
-             SELECT ",
+    // One row per job found, each with the head's columns; one row of the head
+    // alone (item NULL) when nothing is found.
+    let rows = sqlx::query(concat!(
+        "WITH ",
+        submission_head!(),
+        " SELECT head.*, found.*
+         FROM head LEFT JOIN (
+             SELECT q.item, true AS by_request, j.*
+             FROM unnest($2::int[], $3::uuid[], $4::uuid[]) AS q(item, user_id, request_id)
+             CROSS JOIN LATERAL (
+                 SELECT ",
         job_columns!(),
         " FROM menu_extraction_jobs
-             WHERE user_id = q.user_id AND submit_request_id = q.request_id
-         ) AS j
-         UNION ALL
-         SELECT q.item, false, j.*
-         FROM unnest($4::int[], $5::uuid[], $6::text[], $7::text[], $8::text[])
-              AS q(item, user_id, image_hash, schema_version, prompt_version)
-         CROSS JOIN LATERAL (
-             SELECT ",
+                 WHERE user_id = q.user_id AND submit_request_id = q.request_id
+             ) AS j
+             UNION ALL
+             SELECT q.item, false, j.*
+             FROM unnest($5::int[], $6::uuid[], $7::text[], $8::text[], $9::text[])
+                  AS q(item, user_id, image_hash, schema_version, prompt_version)
+             CROSS JOIN LATERAL (
+                 SELECT ",
         job_columns!(),
         " FROM menu_extraction_jobs
-             WHERE user_id = q.user_id AND image_hash = q.image_hash
-               AND schema_version = q.schema_version AND prompt_version = q.prompt_version
-               AND status IN ('queued', 'processing', 'completed')
-             ORDER BY created_at DESC, id DESC
-             LIMIT 1
-         ) AS j"
+                 WHERE user_id = q.user_id AND image_hash = q.image_hash
+                   AND schema_version = q.schema_version AND prompt_version = q.prompt_version
+                   AND status IN ('queued', 'processing', 'completed')
+                 ORDER BY created_at DESC, id DESC
+                 LIMIT 1
+             ) AS j
+         ) AS found ON true"
     ))
+    .bind(users)
     .bind(request_items)
     .bind(request_users)
     .bind(request_ids)
@@ -317,7 +341,21 @@ async fn lookup(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<Found>,
     .bind(prompts)
     .fetch_all(conn)
     .await?;
-    Ok(found)
+    let first = rows
+        .first()
+        .ok_or_else(|| StorageError::Other(sqlx::Error::RowNotFound))?;
+    let (now, plans) = usage::read_head(first)?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(item) = row.try_get::<Option<i32>, _>("item")? {
+            found.push(Found {
+                item,
+                by_request: row.try_get("by_request")?,
+                job: Job::from_row(row)?,
+            });
+        }
+    }
+    Ok(LookedUp { now, plans, found })
 }
 
 /// The newest live job of the same user and submission, exempt ones included.
@@ -325,8 +363,9 @@ async fn find_live_match(
     conn: &mut PgConnection,
     new: &NewJob,
 ) -> Result<Option<Job>, StorageError> {
-    let mut found = lookup(
+    let looked_up = lookup(
         conn,
+        &[new.user_id],
         std::slice::from_ref(&NewJob {
             request_id: None,
             force: false,
@@ -334,7 +373,7 @@ async fn find_live_match(
         }),
     )
     .await?;
-    Ok(found.pop().map(|found| found.job))
+    Ok(looked_up.found.into_iter().next().map(|found| found.job))
 }
 
 /// Inserts the jobs, created at `now`, in order; returns those inserted. A job

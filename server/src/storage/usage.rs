@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row, Transaction};
 
 use super::{Storage, StorageError};
 use crate::job::UserId;
@@ -99,6 +100,56 @@ pub(crate) async fn lock_users(
     let plans = rows
         .into_iter()
         .filter_map(|(_, user, plan)| Some((UserId(user?), plan?)))
+        .collect();
+    Ok((now, plans))
+}
+
+/// Begins a transaction holding the submission locks of `users` (see
+/// [`lock_users`]) in one round trip: the keys are integers formatted here, so
+/// they travel in the `BEGIN` query's text rather than as the parameters of a
+/// statement of their own. Read the clock and plans afterwards, in a statement
+/// of their own or with [`submission_head!`].
+///
+/// The transaction is begun on a task of its own: sqlx counts a transaction
+/// as begun only once `BEGIN` has answered, so a caller dropped while the locks
+/// are awaited would otherwise hand its connection back to the pool inside a
+/// transaction. On its own task the `BEGIN` always finishes, and a transaction
+/// nobody takes is rolled back when dropped.
+pub(crate) async fn begin_locked(
+    pool: &PgPool,
+    users: &[UserId],
+) -> Result<Transaction<'static, Postgres>, StorageError> {
+    let mut keys: Vec<i64> = users.iter().map(|&user| lock_key(user)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let keys: Vec<String> = keys.iter().map(i64::to_string).collect();
+    let begin = format!(
+        "BEGIN; SELECT count(pg_advisory_xact_lock(key)) \
+         FROM (SELECT key FROM unnest(ARRAY[{}]::bigint[]) WITH ORDINALITY AS k(key, n) ORDER BY n) AS keys",
+        keys.join(", ")
+    );
+    let pool = pool.clone();
+    let begun = tokio::spawn(async move { pool.begin_with(AssertSqlSafe(begin)).await })
+        .await
+        .map_err(|_| {
+            StorageError::Other(sqlx::Error::Protocol("the BEGIN task was lost".into()))
+        })?;
+    Ok(begun?)
+}
+
+/// The clock and plans of [`submission_head!`], read from a row that has its
+/// columns.
+pub(crate) fn read_head(
+    row: &PgRow,
+) -> Result<(DateTime<Utc>, HashMap<UserId, String>), StorageError> {
+    let now: DateTime<Utc> = row.try_get("now")?;
+    let users: Option<Vec<uuid::Uuid>> = row.try_get("plan_users")?;
+    let plans: Option<Vec<String>> = row.try_get("plans")?;
+    let plans = users
+        .unwrap_or_default()
+        .into_iter()
+        .map(UserId)
+        .zip(plans.unwrap_or_default())
         .collect();
     Ok((now, plans))
 }
