@@ -243,10 +243,7 @@ async fn a_bulk_insert_reaches_every_stream_and_wakes_a_parked_claimer() {
     // table. Every job must still reach the stream, and the one queued job, the
     // last row and so in the last notification, must wake a parked claimer (the
     // safety poll is a minute, the claim waits 30 s).
-    let server = TestServer::start_configured(|config| {
-        config.claim_poll_interval = std::time::Duration::from_secs(60)
-    })
-    .await;
+    let server = TestServer::start_for_parked_claims().await;
     let mut jobs = server.raw_on_new_connection().await;
     let mut watcher = Watcher::open(&mut jobs, watch_all()).await;
     let mut worker = WorkerServiceClient::new(server.channel());
@@ -262,9 +259,8 @@ async fn a_bulk_insert_reaches_every_stream_and_wakes_a_parked_claimer() {
             .await;
         (answer, std::time::Instant::now())
     });
-    // The scenario's spacing, not a wait for an event: the rows are written a
-    // second after the claim, so its first look at the queue found nothing.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // The rows are written once the claim has looked at the empty queue.
+    server.claim_looked(None).await;
     let rows = 41_000;
     let queued: Uuid = sqlx::query_scalar(
         "WITH inserted AS (

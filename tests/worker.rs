@@ -118,9 +118,7 @@ async fn two_thousand_jobs_eight_workers_each_job_claimed_and_completed_once() {
 #[tokio::test]
 async fn a_parked_worker_is_woken_by_the_notification() {
     // The safety poll is a minute: a pickup within two seconds came from NOTIFY.
-    let server =
-        TestServer::start_configured(|config| config.claim_poll_interval = Duration::from_secs(60))
-            .await;
+    let server = TestServer::start_for_parked_claims().await;
     let mut parked = worker(&server);
     let user = Uuid::new_v4();
     let waiting = tokio::spawn(async move {
@@ -134,9 +132,8 @@ async fn a_parked_worker_is_woken_by_the_notification() {
             .await;
         (answer, Instant::now())
     });
-    // The scenario's spacing, not a wait for an event: the job is submitted a
-    // second after the claim, so its first look at the queue found nothing.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The job is submitted once the claim has looked at the empty queue.
+    server.claim_looked(None).await;
     let mut log = server.raw();
     let mut probe = worker(&server);
     let submitted_at = Instant::now();
@@ -175,28 +172,26 @@ async fn one_notification_of_five_jobs_wakes_five_parked_claimers() {
     // Five jobs queued in one statement are one notification; it must wake
     // every claimer the work needs, not just one: all five are claimed at once,
     // not at the end of the others' waits (30 s; the safety poll is a minute).
-    let server =
-        TestServer::start_configured(|config| config.claim_poll_interval = Duration::from_secs(60))
-            .await;
-    let parked: Vec<_> = (0..5)
-        .map(|n| {
-            let mut client = worker(&server);
-            tokio::spawn(async move {
-                let answer = client
-                    .claim_jobs(claim(
-                        &format!("parked-{n}"),
-                        1,
-                        Duration::from_secs(60),
-                        Duration::from_secs(30),
-                    ))
-                    .await;
-                (answer.unwrap().into_inner().jobs, Instant::now())
-            })
-        })
-        .collect();
-    // The scenario's spacing, not a wait for an event: the jobs are queued a
-    // second after the claims, so their first looks found nothing.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let server = TestServer::start_for_parked_claims().await;
+    // One claim at a time, each parked (its look at the empty queue done)
+    // before the next is sent, so that each looked on its own.
+    let mut parked = Vec::new();
+    let mut looked = None;
+    for n in 0..5 {
+        let mut client = worker(&server);
+        parked.push(tokio::spawn(async move {
+            let answer = client
+                .claim_jobs(claim(
+                    &format!("parked-{n}"),
+                    1,
+                    Duration::from_secs(60),
+                    Duration::from_secs(30),
+                ))
+                .await;
+            (answer.unwrap().into_inner().jobs, Instant::now())
+        }));
+        looked = Some(server.claim_looked(looked.as_deref()).await);
+    }
     let queued: Vec<(Uuid,)> = sqlx::query_as(
         "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash)
          SELECT gen_random_uuid(), 'https://legacy.example/' || g || '.jpg',

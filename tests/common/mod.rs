@@ -132,6 +132,50 @@ impl TestServer {
         Self::start_with_config(db, config).await
     }
 
+    /// A server for tests of parked claims: the claim safety poll, health
+    /// pings and lease expiry a minute apart, so that no statement but the
+    /// test's own claims runs meanwhile (see [`TestServer::claim_looked`]).
+    pub async fn start_for_parked_claims() -> Self {
+        Self::start_configured(|config| {
+            config.claim_poll_interval = Duration::from_secs(60);
+            config.health_interval = Duration::from_secs(60);
+            config.reaper_interval = Duration::from_secs(60);
+        })
+        .await
+    }
+
+    /// Waits until the server has finished a claim statement that started after
+    /// `after` (any, for `None`), and returns when that one started (as text,
+    /// for the next call). A claim that found nothing has then looked at the
+    /// queue and parked. Read from `pg_stat_activity`, where each backend shows
+    /// its last statement and whether it has finished; the server's other
+    /// periodic statements should be far apart (see
+    /// [`TestServer::start_for_parked_claims`]) so that none replaces it first.
+    pub async fn claim_looked(&self, after: Option<&str>) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let looked: Option<String> = sqlx::query_scalar(
+                "SELECT max(query_start)::text FROM pg_stat_activity
+                 WHERE datname = $1 AND application_name = 'jobq-server' AND state = 'idle'
+                   AND query LIKE 'WITH picked%'
+                   AND ($2::timestamptz IS NULL OR query_start > $2::timestamptz)",
+            )
+            .bind(&self.db.name)
+            .bind(after)
+            .fetch_one(&self.pool)
+            .await
+            .expect("pg_stat_activity");
+            if let Some(looked) = looked {
+                return looked;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no claim looked at the queue within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The tests' configuration: quick health checks and lease expiry.
     fn config(db: &TestDb, plans: Plans) -> Config {
         Config {
