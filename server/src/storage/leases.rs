@@ -65,58 +65,20 @@ macro_rules! claimed_columns {
 }
 
 impl Storage {
-    /// Claims up to `request.max_jobs` of the oldest queued jobs in one statement:
-    /// a CTE locks them with `FOR UPDATE SKIP LOCKED` (so concurrent claimers, in
-    /// any process, never take the same job), and the UPDATE makes each one
-    /// PROCESSING under a fresh lease. Returns them oldest first.
-    pub async fn claim_jobs(
-        &self,
-        request: &ClaimRequest,
-    ) -> Result<Vec<ClaimedJob>, StorageError> {
-        let mut jobs = sqlx::query_as::<_, ClaimedJob>(concat!(
-            "WITH picked AS (
-                 SELECT id AS picked_id FROM menu_extraction_jobs
-                 WHERE status = 'queued'
-                 ORDER BY created_at, id
-                 LIMIT $1
-                 FOR UPDATE SKIP LOCKED
-             )
-             UPDATE menu_extraction_jobs AS j
-             SET status = 'processing',
-                 started_at = now(),
-                 attempt = j.attempt + 1,
-                 worker_id = $2,
-                 lease_id = gen_random_uuid(),
-                 lease_duration_ms = $3,
-                 lease_expires_at = now() + $3 * INTERVAL '1 millisecond'
-             FROM picked
-             WHERE j.id = picked.picked_id
-             RETURNING ",
-            claimed_columns!()
-        ))
-        .bind(i64::from(request.max_jobs))
-        .bind(&request.worker_id)
-        .bind(millis(request.lease))
-        .fetch_all(&self.pool)
-        .await?;
-        jobs.sort_by_key(|claimed| (claimed.job.created_at, claimed.job.id.0));
-        Ok(jobs)
-    }
-
-    /// Claims for several callers in one statement, each as
-    /// [`Storage::claim_jobs`] would for it alone: the oldest queued jobs, dealt
-    /// in turn (the oldest to the first caller, the next to the second, and so
-    /// on round the callers until each has its `max_jobs` or none is left), so
-    /// that callers woken together by the same jobs share them instead of one
-    /// taking all and the rest finding nothing. Each caller's jobs come under its
-    /// own worker id and lease length, oldest first.
+    /// Claims for one or more callers in one statement, each up to its
+    /// `max_jobs` of the oldest queued jobs: a CTE locks them with `FOR UPDATE
+    /// SKIP LOCKED` (so concurrent claimers, in any process, never take the
+    /// same job), deals them in turn (the oldest to the first caller, the next
+    /// to the second, and so on round the callers until each has its
+    /// `max_jobs` or none is left), so that callers woken together by the same
+    /// jobs share them instead of one taking all and the rest finding nothing,
+    /// and the UPDATE makes each one PROCESSING under a fresh lease, with its
+    /// caller's worker id and lease length. Returns each caller's jobs, oldest
+    /// first.
     pub async fn claim_batch(
         &self,
         requests: &[ClaimRequest],
     ) -> Result<Vec<Vec<ClaimedJob>>, StorageError> {
-        if let [request] = requests {
-            return Ok(vec![self.claim_jobs(request).await?]);
-        }
         // The caller of each slot, in the order slots are filled.
         let most = requests.iter().map(|r| r.max_jobs).max().unwrap_or(0);
         let slots: Vec<i32> = (0..most)
