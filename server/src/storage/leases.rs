@@ -110,7 +110,10 @@ impl Storage {
                  worker_id = ($2::text[])[dealt.caller + 1],
                  lease_id = gen_random_uuid(),
                  lease_duration_ms = ($3::bigint[])[dealt.caller + 1],
-                 lease_expires_at = now() + ($3::bigint[])[dealt.caller + 1] * INTERVAL '1 millisecond'
+                 lease_expires_at = now() + ($3::bigint[])[dealt.caller + 1] * INTERVAL '1 millisecond',
+                 ",
+            touched!(),
+            "
              FROM dealt
              WHERE j.id = dealt.picked_id
              RETURNING dealt.caller, ",
@@ -264,7 +267,10 @@ impl Storage {
                  ),
                  completed_at = now(),
                  processing_time = LEAST(EXTRACT(EPOCH FROM now() - started_at) * 1000, 2147483647)::integer,
-                 lease_expires_at = NULL
+                 lease_expires_at = NULL,
+                 ",
+            touched!(),
+            "
              WHERE id = ANY($1) AND status = 'processing'
                AND lease_id = ($2::uuid[])[array_position($1::uuid[], id)]
              RETURNING ",
@@ -294,7 +300,10 @@ impl Storage {
                  error_message = $3,
                  completed_at = now(),
                  processing_time = LEAST(EXTRACT(EPOCH FROM now() - started_at) * 1000, 2147483647)::integer,
-                 lease_expires_at = NULL
+                 lease_expires_at = NULL,
+                 ",
+            touched!(),
+            "
              WHERE id = $1 AND lease_id = $2 AND status = 'processing'
              RETURNING ",
             job_columns!()
@@ -341,7 +350,7 @@ impl Storage {
     /// another process (or a worker's CompleteJob) holds are skipped, and a
     /// worker's late write then finds its lease gone.
     pub async fn expire_leases(&self, max_attempts: i32) -> Result<Expired, StorageError> {
-        let outcomes: Vec<String> = sqlx::query_scalar(
+        let outcomes: Vec<String> = sqlx::query_scalar(concat!(
             "WITH expired AS (
                  SELECT id FROM menu_extraction_jobs
                  WHERE status = 'processing' AND lease_expires_at < now()
@@ -365,11 +374,14 @@ impl Storage {
                  -- A requeued job has no lease; a finished one keeps the id of the
                  -- lease it ended under (see why_not).
                  lease_id = CASE WHEN j.cancel_requested OR j.attempt >= $1 THEN j.lease_id END,
-                 lease_expires_at = NULL
+                 lease_expires_at = NULL,
+                 ",
+            touched!(),
+            "
              FROM expired
              WHERE j.id = expired.id
-             RETURNING j.status",
-        )
+             RETURNING j.status"
+        ))
         .bind(max_attempts)
         .fetch_all(&self.pool)
         .await?;

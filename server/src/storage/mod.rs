@@ -13,6 +13,17 @@ macro_rules! job_columns {
     };
 }
 
+/// The bookkeeping columns of a write that always changes a job, set by the
+/// statement itself: a new version, the time, and the transaction, exactly as
+/// the version trigger would set them (migration 0009 runs the trigger only
+/// for writes that leave `version` alone, and so skips it for these).
+macro_rules! touched {
+    () => {
+        "version = nextval('menu_extraction_jobs_version_seq'), updated_at = now(), \
+         changed_xid = pg_current_xact_id()"
+    };
+}
+
 /// The clock and the stored plans of the users whose submission locks the
 /// transaction holds (see [`usage::begin_locked`]): a one-row query named
 /// `head` over `$1` (the users' ids), with columns `now`, `plan_users` and

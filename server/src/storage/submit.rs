@@ -319,12 +319,26 @@ async fn lookup(
              FROM unnest($5::int[], $6::uuid[], $7::text[], $8::text[], $9::text[])
                   AS q(item, user_id, image_hash, schema_version, prompt_version)
              CROSS JOIN LATERAL (
-                 SELECT ",
+                 -- The one live job not exempt from deduplication (found by the
+                 -- unique index), and the newest exempt one (by the exempt
+                 -- jobs' index): the newer of the two.
+                 SELECT * FROM (
+                     (SELECT ",
         job_columns!(),
         " FROM menu_extraction_jobs
-                 WHERE user_id = q.user_id AND image_hash = q.image_hash
-                   AND schema_version = q.schema_version AND prompt_version = q.prompt_version
-                   AND status IN ('queued', 'processing', 'completed')
+                      WHERE user_id = q.user_id AND image_hash = q.image_hash
+                        AND schema_version = q.schema_version AND prompt_version = q.prompt_version
+                        AND status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt)
+                     UNION ALL
+                     (SELECT ",
+        job_columns!(),
+        " FROM menu_extraction_jobs
+                      WHERE user_id = q.user_id AND image_hash = q.image_hash
+                        AND schema_version = q.schema_version AND prompt_version = q.prompt_version
+                        AND status IN ('queued', 'processing', 'completed') AND dedup_exempt
+                      ORDER BY created_at DESC, id DESC
+                      LIMIT 1)
+                 ) AS live
                  ORDER BY created_at DESC, id DESC
                  LIMIT 1
              ) AS j
