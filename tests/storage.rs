@@ -379,3 +379,47 @@ async fn the_queries_use_their_indexes() {
     assert!(expiry.contains("menu_extraction_jobs_leases"), "{expiry}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_written_image_hash_is_64_lowercase_hex_digits() {
+    let server = TestServer::start().await;
+    let insert = |hash: String| {
+        let pool = server.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash)
+                 VALUES (gen_random_uuid(), 'https://x/check', $1)",
+            )
+            .bind(hash)
+            .execute(&pool)
+            .await
+        }
+    };
+    let good = sha(1);
+    insert(good.clone()).await.unwrap();
+    for bad in [
+        good.to_uppercase(),
+        good[..63].to_string(),
+        format!("{}g", &good[..63]),
+        format!("{}é", &good[..62]),
+        format!(" {}", &good[..63]),
+        String::new(),
+    ] {
+        let error = insert(bad.clone()).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("menu_extraction_jobs_image_hash_hex"),
+            "{bad:?}: {error}"
+        );
+    }
+    // A row without a hash is a valid legacy row.
+    sqlx::query(
+        "INSERT INTO menu_extraction_jobs (user_id, image_url) VALUES (gen_random_uuid(), 'https://x/none')",
+    )
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(server.job_count().await, 2);
+    server.stop().await;
+}
