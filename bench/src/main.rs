@@ -57,6 +57,10 @@ struct Figures {
     latencies: Vec<f64>,
     cpu_seconds: f64,
     peak_rss_mib: f64,
+    postgres_cpu_seconds: f64,
+    generator_cpu_seconds: f64,
+    /// The share of the machine's CPU time that was busy, 0 to 1.
+    machine_busy: f64,
     notes: serde_json::Map<String, Value>,
 }
 
@@ -84,6 +88,9 @@ impl Figures {
             "max_ms": self.latencies.last().copied().unwrap_or(f64::NAN),
             "server_cpu_seconds": self.cpu_seconds,
             "server_peak_rss_mib": self.peak_rss_mib,
+            "postgres_cpu_seconds": self.postgres_cpu_seconds,
+            "generator_cpu_seconds": self.generator_cpu_seconds,
+            "machine_busy": self.machine_busy,
         });
         for (key, note) in &self.notes {
             value[key] = note.clone();
@@ -107,10 +114,16 @@ impl Samples {
     }
 }
 
-/// The server process's CPU time and peak memory, measured per scenario.
+/// The server process's CPU time and peak memory, measured per scenario, and
+/// beside it where the rest of the machine's time went: Postgres's processes
+/// (when they run on this machine), the load generator's own, and how busy the
+/// machine's cores were.
 struct ServerMeter {
     pid: u32,
     cpu_at_start: f64,
+    postgres_at_start: f64,
+    generator_at_start: f64,
+    machine_at_start: (f64, f64),
 }
 
 impl ServerMeter {
@@ -120,28 +133,97 @@ impl ServerMeter {
         Self {
             pid,
             cpu_at_start: cpu_seconds(pid),
+            postgres_at_start: postgres_cpu_seconds(),
+            generator_at_start: own_cpu_seconds(),
+            machine_at_start: machine_ticks(),
         }
     }
 
     fn finish(self, figures: &mut Figures) {
         figures.cpu_seconds = cpu_seconds(self.pid) - self.cpu_at_start;
         figures.peak_rss_mib = status_kib(self.pid, "VmHWM:") / 1024.0;
+        figures.postgres_cpu_seconds = postgres_cpu_seconds() - self.postgres_at_start;
+        figures.generator_cpu_seconds = own_cpu_seconds() - self.generator_at_start;
+        let (busy, total) = machine_ticks();
+        let (busy_before, total_before) = self.machine_at_start;
+        figures.machine_busy = (busy - busy_before) / (total - total_before).max(1.0);
     }
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold
+/// spaces), and the name.
+fn proc_stat(pid: &str) -> Option<(String, Vec<u64>)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    // The state (a letter) is the first field after the name; it reads as 0.
+    let fields = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    Some((name, fields))
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     // utime and stime are the 14th and 15th fields: 12th and 13th after the name.
-    (ticks(11) + ticks(12)) / clock_ticks()
+    proc_stat(&pid.to_string()).map_or(0.0, |(_, f)| {
+        (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / clock_ticks()
+    })
+}
+
+fn own_cpu_seconds() -> f64 {
+    cpu_seconds(std::process::id())
+}
+
+/// The CPU time of every process named `postgres` on this machine, and of the
+/// ones that have exited (postmaster's waited-for children: cutime and cstime,
+/// the 16th and 17th fields), so that a backend ending mid-scenario still
+/// counts. 0 when Postgres runs elsewhere.
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ticks = 0;
+    for entry in entries.flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Some((name, f)) = proc_stat(pid) else {
+            continue;
+        };
+        if name != "postgres" {
+            continue;
+        }
+        let field = |i: usize| f.get(i).copied().unwrap_or(0);
+        ticks += field(11) + field(12);
+        // The postmaster is the one whose parent is not a postgres process.
+        let parent = proc_stat(&field(1).to_string()).map(|(name, _)| name);
+        if parent.as_deref() != Some("postgres") {
+            ticks += field(13) + field(14);
+        }
+    }
+    ticks as f64 / clock_ticks()
+}
+
+/// The machine's busy and total CPU ticks so far, over every core (`/proc/stat`).
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    let total: f64 = ticks.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th.
+    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+    (total - idle, total)
 }
 
 fn clock_ticks() -> f64 {
@@ -827,14 +909,24 @@ async fn main() {
     println!();
     println!("pgbench baseline (single-row INSERT, -M prepared -c 16 -j 2): {baseline:.0} tps");
     println!(
-        "{:<31} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}  ratio / target",
-        "scenario", "ops", "ops/s", "p50 ms", "p99 ms", "max ms", "cpu s", "RSS MiB"
+        "{:<31} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8} {:>7} {:>7} {:>6}  ratio / target",
+        "scenario",
+        "ops",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "cpu s",
+        "RSS MiB",
+        "pg cpu",
+        "gen cpu",
+        "busy"
     );
     let mut rows = Vec::new();
     for figures in &all {
         let (target, met) = verdict(figures, baseline, &all);
         println!(
-            "{:<31} {:>9} {:>10.0} {:>8} {:>8} {:>8} {:>7.1} {:>8.0}  {} {}",
+            "{:<31} {:>9} {:>10.0} {:>8} {:>8} {:>8} {:>7.1} {:>8.0} {:>7.1} {:>7.1} {:>5.0}%  {} {}",
             figures.name,
             figures.operations,
             figures.per_second(),
@@ -843,6 +935,9 @@ async fn main() {
             ms(figures.latencies.last().copied().unwrap_or(f64::NAN)),
             figures.cpu_seconds,
             figures.peak_rss_mib,
+            figures.postgres_cpu_seconds,
+            figures.generator_cpu_seconds,
+            figures.machine_busy * 100.0,
             target,
             if bench.args.smoke { "" } else { met.as_str() }
         );
