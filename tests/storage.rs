@@ -423,3 +423,113 @@ async fn a_written_image_hash_is_64_lowercase_hex_digits() {
     assert_eq!(server.job_count().await, 2);
     server.stop().await;
 }
+
+/// Rows read from the jobs table by every scan of `plan` (EXPLAIN ANALYZE's
+/// JSON), and whether any was a sequential scan.
+fn rows_read(plan: &serde_json::Value) -> (f64, bool) {
+    let mut rows = 0.0;
+    let mut sequential = plan["Node Type"] == "Seq Scan";
+    if plan["Relation Name"] == "menu_extraction_jobs" {
+        rows += plan["Actual Rows"].as_f64().unwrap() * plan["Actual Loops"].as_f64().unwrap();
+    }
+    for child in plan["Plans"].as_array().into_iter().flatten() {
+        let (more, seq) = rows_read(child);
+        rows += more;
+        sequential |= seq;
+    }
+    (rows, sequential)
+}
+
+#[tokio::test]
+async fn submission_plans_made_on_an_empty_table_still_read_only_what_they_look_for() {
+    use jobq_server::storage::submit::LOOKUP;
+    use jobq_server::storage::usage::{SUBMISSION_PLANNING, USAGE};
+    let server = TestServer::start().await;
+    sqlx::raw_sql("ANALYZE menu_extraction_jobs")
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    let mut conn = server.pool.acquire().await.unwrap();
+    // As a submission transaction plans it: once, here on the empty table.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; {SUBMISSION_PLANNING};
+         PREPARE lookup(uuid[], int[], uuid[], uuid[], int[], uuid[], text[], text[], text[]) AS {LOOKUP};
+         PREPARE usage(uuid[], bigint[], bigint[], timestamptz, timestamptz) AS {USAGE}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let execute = |user: Uuid, request: Uuid, hash: &str| {
+        format!(
+            "EXECUTE lookup('{{{user}}}', '{{0}}', '{{{user}}}', '{{{request}}}',
+                            '{{1}}', '{{{user}}}', '{{{hash}}}', '{{stage1}}', '{{v1.0}}')"
+        )
+    };
+    let count = |user: Uuid| {
+        format!(
+            "EXECUTE usage('{{{user}}}', '{{10}}', '{{1}}', now() - INTERVAL '30 days',
+                           now() - INTERVAL '1 hour')"
+        )
+    };
+    let (nobody, nothing) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "{}; {}",
+        execute(nobody, nothing, &sha(0)),
+        count(nobody)
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    // The table grows to 100,000 jobs, each with a request id (as the client
+    // sends them), and nothing analyzes it: the plan made empty is kept.
+    let (user, request): (Uuid, Uuid) = sqlx::query_as(
+        "WITH made AS (
+             INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash, submit_request_id)
+             SELECT gen_random_uuid(), 'https://x/' || g, encode(sha256(g::text::bytea), 'hex'),
+                    gen_random_uuid()
+             FROM generate_series(1, 100000) g
+             RETURNING user_id, submit_request_id, image_url)
+         SELECT user_id, submit_request_id FROM made WHERE image_url = 'https://x/7'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    let hash: String =
+        sqlx::query_scalar("SELECT image_hash FROM menu_extraction_jobs WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    let explained: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        execute(user, request, &hash)
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    let plan = &explained[0]["Plan"];
+    // The same job, found by its request id and by its photo; nothing else read.
+    assert_eq!(plan["Actual Rows"], 2, "{plan:#}");
+    let (rows, sequential) = rows_read(plan);
+    assert!(!sequential, "{plan:#}");
+    assert!(rows <= 2.0, "read {rows} rows: {plan:#}");
+
+    // And the usage count of a user on a limited plan.
+    let explained: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        count(user)
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    let plan = &explained[0]["Plan"];
+    let (rows, sequential) = rows_read(plan);
+    assert!(!sequential, "{plan:#}");
+    assert!(
+        rows <= 1.0,
+        "read {rows} rows for one user's one job: {plan:#}"
+    );
+    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
+    drop(conn);
+    server.stop().await;
+}

@@ -271,6 +271,64 @@ impl Storage {
     }
 }
 
+/// SubmitJob's lookup (see [`lookup`]); public for the test of its plan made
+/// on an empty table. Parameters: `$1` the batch's users; `$2..$4` each
+/// submission with a `request_id` (its index, user and request id); `$5..$9`
+/// each submission without `force` (its index, user, hash, schema and prompt
+/// versions). It runs on a generic plan made once per connection (see
+/// [`super::usage::SUBMISSION_PLANNING`]), so its shape must not hang on
+/// statistics: each subquery per submission ends in LIMIT, which keeps it a
+/// lateral lookup by index for that submission's values, never a join the
+/// planner could turn inside out (scanning an index of every job once for the
+/// batch, which is what a plan made on an empty table chose).
+#[doc(hidden)]
+pub const LOOKUP: &str = concat!(
+    "WITH ",
+    submission_head!(),
+    " SELECT head.*, found.*
+         FROM head LEFT JOIN (
+             SELECT q.item, true AS by_request, j.*
+             FROM unnest($2::int[], $3::uuid[], $4::uuid[]) AS q(item, user_id, request_id)
+             CROSS JOIN LATERAL (
+                 SELECT ",
+    job_columns!(),
+    " FROM menu_extraction_jobs
+                 WHERE user_id = q.user_id AND submit_request_id = q.request_id
+                 -- At most one (a unique index): the limit keeps the subquery
+                 -- a lookup per submission (see LOOKUP).
+                 LIMIT 1
+             ) AS j
+             UNION ALL
+             SELECT q.item, false, j.*
+             FROM unnest($5::int[], $6::uuid[], $7::text[], $8::text[], $9::text[])
+                  AS q(item, user_id, image_hash, schema_version, prompt_version)
+             CROSS JOIN LATERAL (
+                 -- The one live job not exempt from deduplication (found by the
+                 -- unique index), and the newest exempt one (by the exempt
+                 -- jobs' index): the newer of the two.
+                 SELECT * FROM (
+                     (SELECT ",
+    job_columns!(),
+    " FROM menu_extraction_jobs
+                      WHERE user_id = q.user_id AND image_hash = q.image_hash
+                        AND schema_version = q.schema_version AND prompt_version = q.prompt_version
+                        AND status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt)
+                     UNION ALL
+                     (SELECT ",
+    job_columns!(),
+    " FROM menu_extraction_jobs
+                      WHERE user_id = q.user_id AND image_hash = q.image_hash
+                        AND schema_version = q.schema_version AND prompt_version = q.prompt_version
+                        AND status IN ('queued', 'processing', 'completed') AND dedup_exempt
+                      ORDER BY created_at DESC, id DESC
+                      LIMIT 1)
+                 ) AS live
+                 ORDER BY created_at DESC, id DESC
+                 LIMIT 1
+             ) AS j
+         ) AS found ON true"
+);
+
 /// The clock and plans of `users` (see [`submission_head!`]), and for each
 /// submission of `batch` (by its index): the job the user submitted earlier with
 /// the same `request_id`, and the newest live job of the same user and
@@ -301,60 +359,18 @@ async fn lookup(
     }
     // One row per job found, each with the head's columns; one row of the head
     // alone (item NULL) when nothing is found.
-    let rows = sqlx::query(concat!(
-        "WITH ",
-        submission_head!(),
-        " SELECT head.*, found.*
-         FROM head LEFT JOIN (
-             SELECT q.item, true AS by_request, j.*
-             FROM unnest($2::int[], $3::uuid[], $4::uuid[]) AS q(item, user_id, request_id)
-             CROSS JOIN LATERAL (
-                 SELECT ",
-        job_columns!(),
-        " FROM menu_extraction_jobs
-                 WHERE user_id = q.user_id AND submit_request_id = q.request_id
-             ) AS j
-             UNION ALL
-             SELECT q.item, false, j.*
-             FROM unnest($5::int[], $6::uuid[], $7::text[], $8::text[], $9::text[])
-                  AS q(item, user_id, image_hash, schema_version, prompt_version)
-             CROSS JOIN LATERAL (
-                 -- The one live job not exempt from deduplication (found by the
-                 -- unique index), and the newest exempt one (by the exempt
-                 -- jobs' index): the newer of the two.
-                 SELECT * FROM (
-                     (SELECT ",
-        job_columns!(),
-        " FROM menu_extraction_jobs
-                      WHERE user_id = q.user_id AND image_hash = q.image_hash
-                        AND schema_version = q.schema_version AND prompt_version = q.prompt_version
-                        AND status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt)
-                     UNION ALL
-                     (SELECT ",
-        job_columns!(),
-        " FROM menu_extraction_jobs
-                      WHERE user_id = q.user_id AND image_hash = q.image_hash
-                        AND schema_version = q.schema_version AND prompt_version = q.prompt_version
-                        AND status IN ('queued', 'processing', 'completed') AND dedup_exempt
-                      ORDER BY created_at DESC, id DESC
-                      LIMIT 1)
-                 ) AS live
-                 ORDER BY created_at DESC, id DESC
-                 LIMIT 1
-             ) AS j
-         ) AS found ON true"
-    ))
-    .bind(users)
-    .bind(request_items)
-    .bind(request_users)
-    .bind(request_ids)
-    .bind(live_items)
-    .bind(live_users)
-    .bind(hashes)
-    .bind(schemas)
-    .bind(prompts)
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(LOOKUP)
+        .bind(users)
+        .bind(request_items)
+        .bind(request_users)
+        .bind(request_ids)
+        .bind(live_items)
+        .bind(live_users)
+        .bind(hashes)
+        .bind(schemas)
+        .bind(prompts)
+        .fetch_all(conn)
+        .await?;
     let first = rows
         .first()
         .ok_or_else(|| StorageError::Other(sqlx::Error::RowNotFound))?;
