@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The drain's database work with no server: pgbench claims and completes 100
+# jobs per transaction on a fresh jobq database, with the statements jobq's
+# worker protocol runs (in their single-batch form), beside the same pgbench
+# baseline as bench/run.sh. It shows the ceiling Postgres itself puts on the
+# drain scenario on this machine and schema (README, Performance).
+#
+#   bash bench/statements-only.sh
+#
+# Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth) and pgbench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+db=jobq_statements
+url="postgres://postgres@127.0.0.1:5432/$db"
+work=$(mktemp -d)
+cleanup() {
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+cargo build --quiet --release -p jobq-server
+psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
+DATABASE_URL="$url" target/release/jobq-server migrate >/dev/null 2>&1
+
+cat > "$work/insert.sql" <<'SQL'
+INSERT INTO pgbench_jobs (id, user_id, image_url, image_hash, status)
+VALUES (gen_random_uuid(), gen_random_uuid(), 'https://bench.example/pgbench.jpg',
+        md5(random()::text) || md5(random()::text), 'queued');
+SQL
+cat > "$work/drain.sql" <<'SQL'
+\set w random(1, 1000000000)
+WITH picked AS (
+    SELECT id FROM menu_extraction_jobs WHERE status = 'queued'
+    ORDER BY created_at, id LIMIT 100 FOR UPDATE SKIP LOCKED)
+UPDATE menu_extraction_jobs AS j
+SET status = 'processing', started_at = now(), attempt = j.attempt + 1, worker_id = (:w)::text,
+    lease_id = gen_random_uuid(), lease_duration_ms = 60000, lease_expires_at = now() + interval '60 s',
+    version = nextval('menu_extraction_jobs_version_seq'), updated_at = now(), changed_xid = pg_current_xact_id()
+FROM picked WHERE j.id = picked.id;
+UPDATE menu_extraction_jobs
+SET status = 'completed', result = '{}'::jsonb, completed_at = now(), processing_time = 1,
+    lease_expires_at = NULL,
+    version = nextval('menu_extraction_jobs_version_seq'), updated_at = now(), changed_xid = pg_current_xact_id()
+WHERE status = 'processing' AND lease_expires_at IS NOT NULL AND worker_id = (:w)::text;
+SQL
+
+psql "$url" -q -c "CREATE TABLE pgbench_jobs (LIKE menu_extraction_jobs INCLUDING DEFAULTS INCLUDING INDEXES)"
+baseline=$(pgbench -n -M prepared -c 16 -j 2 -T 15 -f "$work/insert.sql" "$url" 2>&1 | sed -n 's/^tps = \([0-9.]*\) .*/\1/p')
+psql "$url" -q -c "DROP TABLE pgbench_jobs" \
+    -c "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash, created_at)
+        SELECT gen_random_uuid(), 'https://bench.example/' || g || '.jpg',
+               encode(sha256(g::text::bytea), 'hex'), now() - interval '1 hour' + g * interval '1 ms'
+        FROM generate_series(1, 300000) g"
+psql "$url" -q -c "VACUUM ANALYZE menu_extraction_jobs"
+psql "$url" -q -c "CHECKPOINT"
+tps=$(pgbench -n -M prepared -c 2 -j 2 -t 1200 -f "$work/drain.sql" "$url" 2>&1 | sed -n 's/^tps = \([0-9.]*\) .*/\1/p')
+left=$(psql "$url" -Atc "SELECT count(*) FROM menu_extraction_jobs WHERE status <> 'completed' AND status <> 'queued'")
+[ "$left" = 0 ] || { echo "statements-only: $left jobs were left claimed" >&2; exit 1; }
+python3 -c "
+b, t = $baseline, $tps * 100
+print(f'pgbench baseline (single-row INSERT, -M prepared -c 16 -j 2): {b:.0f} tps')
+print(f'drain statements alone (claim + complete 100 jobs a transaction, -c 2): {t:.0f} jobs/s = {t / b:.2f}x')"
