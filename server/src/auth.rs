@@ -7,10 +7,12 @@
 //! digests in constant time. The layer decides by service (role); the handlers
 //! decide by user (a `user` key acts only for its bound user).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -263,8 +265,14 @@ pub enum Authenticator {
         storage: Storage,
         /// Concurrent lookups, shared.
         lookups: GroupCommit<Uuid, Result<Option<KeyCheck>, StorageError>>,
+        /// When this process last set out to record each key's use.
+        recorded: Arc<Mutex<HashMap<Uuid, Instant>>>,
     },
 }
+
+/// How often a key's `last_used_at` is written (the lookup says when it is
+/// stale by the same measure).
+const RECORD_USE_EVERY: Duration = Duration::from_secs(60);
 
 /// Most keys looked up in one statement.
 const LOOKUP_BATCH: usize = 256;
@@ -286,14 +294,44 @@ impl Authenticator {
                 async move { storage.keys_for_auth(&ids).await }
             }
         });
-        Self::Keys { storage, lookups }
+        Self::Keys {
+            storage,
+            lookups,
+            recorded: Arc::default(),
+        }
+    }
+
+    /// Whether this call is the one to record key `id`'s use: the first in
+    /// this process to find it stale, and then none for a minute. Calls that
+    /// arrive together all find it stale; without this they each wrote it, one
+    /// after another on the key's row lock, and the first calls of a busy key
+    /// every minute waited for all of those writes (issue 8's submit benchmark:
+    /// its first answers took up to 135 ms).
+    fn first_to_record(recorded: &Mutex<HashMap<Uuid, Instant>>, id: Uuid) -> bool {
+        let mut recorded = recorded.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if recorded
+            .get(&id)
+            .is_some_and(|at| now.duration_since(*at) < RECORD_USE_EVERY)
+        {
+            return false;
+        }
+        if recorded.len() >= 1024 {
+            recorded.retain(|_, at| now.duration_since(*at) < RECORD_USE_EVERY);
+        }
+        recorded.insert(id, now);
+        true
     }
 
     /// Who sent `headers`, or why they may not call.
     async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, Error> {
-        let (storage, lookups) = match self {
+        let (storage, lookups, recorded) = match self {
             Self::Disabled => return Ok(Principal::LOCAL),
-            Self::Keys { storage, lookups } => (storage, lookups),
+            Self::Keys {
+                storage,
+                lookups,
+                recorded,
+            } => (storage, lookups, recorded),
         };
         let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
         let value = match (values.next(), values.next()) {
@@ -327,9 +365,11 @@ impl Authenticator {
         if stored.revoked {
             return Err(Error::Unauthenticated(format!("API key {id} was revoked")));
         }
-        // Recorded at most once a minute per key, so this write is rare; a
-        // failure to record it does not refuse the call.
+        // Recorded at most once a minute per key, by one call, which waits for
+        // the write (so its use is on record when it returns); the others do
+        // not wait for it. A failure to record it does not refuse the call.
         if stored.stale_last_use
+            && Self::first_to_record(recorded, id)
             && let Err(error) = storage.touch_key(id).await
         {
             tracing::warn!(%error, key_id = %id, "could not record the key's use");
