@@ -93,7 +93,7 @@ pub struct DatabaseArgs {
     /// Postgres connection URL; the database is created if it does not exist.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, value_parser = parse_database_url)]
     pub database_url: String,
-    /// Most connections the server holds open to Postgres.
+    /// Connections the server holds open to Postgres (opened at start and kept).
     #[arg(long, env = "JOBQ_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
 }
