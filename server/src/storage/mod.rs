@@ -151,7 +151,9 @@ impl Storage {
         // statistics at the time: made while the table was small, a claim's
         // generic plan was a sequential scan, kept until the next ANALYZE while
         // the table grew. Planning costs 0.1 ms for a claim and less for the
-        // rest; statements are still parsed only once per connection.
+        // rest; statements are still parsed only once per connection. A
+        // submission transaction sets its own planning (see
+        // usage::SUBMISSION_PLANNING).
         let options = PgConnectOptions::from_str(database_url)?
             .application_name("jobq-server")
             .options([("plan_cache_mode", "force_custom_plan")]);
