@@ -41,8 +41,12 @@ impl Storage {
         user_id: UserId,
         plans: &Plans,
     ) -> Result<QuotaStatus, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let (now, stored) = lock_users(&mut tx, &[user_id]).await?;
+        let mut tx = begin_locked(&self.pool, &[user_id]).await?;
+        let head = sqlx::query(concat!("WITH ", submission_head!(), " SELECT * FROM head"))
+            .bind(vec![user_id.0])
+            .fetch_one(&mut *tx)
+            .await?;
+        let (now, stored) = read_head(&head)?;
         let request = UsageRequest {
             user_id,
             plan: plans.effective(stored.get(&user_id).map(String::as_str)),
@@ -58,52 +62,6 @@ impl Storage {
     }
 }
 
-/// Takes the submission locks of `users` for the rest of the transaction;
-/// returns the instant the last was granted (the instant every limit is judged
-/// at, and the `created_at` of the jobs inserted under them) and the plans
-/// stored for them.
-///
-/// A lock is a transaction-scoped advisory lock keyed by the user id: it holds
-/// across every server process on the database, writes nothing (no row to
-/// create, update or vacuum per submission), and is released by commit or
-/// rollback. Locks are taken in key order, so two transactions locking several
-/// users never wait for each other in a cycle. Two users whose ids share a key
-/// only wait for each other; they never share limits.
-pub(crate) async fn lock_users(
-    conn: &mut PgConnection,
-    users: &[UserId],
-) -> Result<(DateTime<Utc>, HashMap<UserId, String>), StorageError> {
-    let mut keys: Vec<i64> = users.iter().map(|&user| lock_key(user)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let ids: Vec<uuid::Uuid> = users.iter().map(|user| user.0).collect();
-    // The aggregate reads every lock's row before clock_timestamp() is taken;
-    // the subquery's volatile select list keeps it from being flattened.
-    let rows: Vec<(DateTime<Utc>, Option<uuid::Uuid>, Option<String>)> = sqlx::query_as(
-        "WITH locked AS MATERIALIZED (
-             SELECT max(granted_at) AS now
-             FROM (SELECT pg_advisory_xact_lock(key), clock_timestamp() AS granted_at
-                   FROM unnest($1::bigint[]) WITH ORDINALITY AS k(key, n)
-                   ORDER BY n) AS locks
-         )
-         SELECT locked.now, p.user_id, p.plan
-         FROM locked LEFT JOIN user_plans p ON p.user_id = ANY($2::uuid[])",
-    )
-    .bind(keys)
-    .bind(ids)
-    .fetch_all(conn)
-    .await?;
-    let now = rows
-        .first()
-        .map(|(now, _, _)| *now)
-        .ok_or_else(|| StorageError::Other(sqlx::Error::RowNotFound))?;
-    let plans = rows
-        .into_iter()
-        .filter_map(|(_, user, plan)| Some((UserId(user?), plan?)))
-        .collect();
-    Ok((now, plans))
-}
-
 /// How a submission transaction's statements are planned: once per pooled
 /// connection (a generic plan), where every other statement is planned at each
 /// execution (see `Storage::open`). Planning the lookup cost more than running
@@ -117,12 +75,20 @@ pub(crate) async fn lock_users(
 pub const SUBMISSION_PLANNING: &str =
     "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
-/// Begins a transaction holding the submission locks of `users` (see
-/// [`lock_users`]) in one round trip: the keys are integers formatted here, so
-/// they travel in the `BEGIN` query's text rather than as the parameters of a
-/// statement of their own. Read the clock and plans afterwards, in a statement
-/// of their own or with [`submission_head!`], and see
-/// [`SUBMISSION_PLANNING`] for how its statements are planned.
+/// Begins a transaction holding the submission locks of `users` in one round
+/// trip: the keys are integers formatted here, so they travel in the `BEGIN`
+/// query's text rather than as the parameters of a statement of their own.
+/// Read the clock and plans afterwards with [`submission_head!`] (the instant
+/// every limit is judged at, and the `created_at` of the jobs inserted under
+/// the locks), and see [`SUBMISSION_PLANNING`] for how the transaction's
+/// statements are planned.
+///
+/// A lock is a transaction-scoped advisory lock keyed by the user id: it holds
+/// across every server process on the database, writes nothing (no row to
+/// create, update or vacuum per submission), and is released by commit or
+/// rollback. Locks are taken in key order, so two transactions locking several
+/// users never wait for each other in a cycle. Two users whose ids share a key
+/// only wait for each other; they never share limits.
 ///
 /// The transaction is begun on a task of its own: sqlx counts a transaction
 /// as begun only once `BEGIN` has answered, so a caller dropped while the locks
