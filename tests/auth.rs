@@ -718,6 +718,7 @@ async fn the_database_holds_the_keys_digest_not_the_key() {
 
 #[tokio::test]
 async fn one_call_records_a_keys_use_and_the_others_do_not_wait_for_it() {
+    use futures::StreamExt;
     let (server, admin_key) = server_with_admin_key().await;
     let channel = server.channel();
     let (id, key) = create_key(&channel, &admin_key, pb::ApiKeyRole::Service, None).await;
@@ -739,44 +740,32 @@ async fn one_call_records_a_keys_use_and_the_others_do_not_wait_for_it() {
         .execute(&mut *holder)
         .await
         .unwrap();
-    // The key has never been used: the first call records its use, and waits.
-    let first = tokio::spawn(quota());
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                            WHERE datname = $1 AND wait_event_type = 'Lock'
-                              AND query LIKE 'UPDATE api_keys%')",
-        )
-        .bind(&server.db.name)
-        .fetch_one(&server.pool)
-        .await
-        .unwrap();
-        if waiting {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first call never tried to record the key's use"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    // The key still reads as unused; the next calls go through meanwhile.
+    // The key has never been used, and every call reads it so: one of them
+    // records its use and waits for the row; the others go through meanwhile.
+    let mut calls: futures::stream::FuturesUnordered<_> =
+        (0..6).map(|_| tokio::spawn(quota())).collect();
     for _ in 0..5 {
-        tokio::time::timeout(std::time::Duration::from_secs(10), quota())
+        tokio::time::timeout(std::time::Duration::from_secs(10), calls.next())
             .await
             .expect("a call waited for another call's record of the key's use")
+            .unwrap()
+            .unwrap()
             .unwrap();
     }
-    assert!(!first.is_finished());
+    let recorder = calls.next();
+    tokio::pin!(recorder);
+    assert!(
+        futures::poll!(recorder.as_mut()).is_pending(),
+        "the call recording the key's use waits for the row"
+    );
     holder.rollback().await.unwrap();
-    first.await.unwrap().unwrap();
+    recorder.await.unwrap().unwrap().unwrap();
     let used: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT last_used_at FROM api_keys WHERE id = $1::uuid")
             .bind(&id)
             .fetch_one(&server.pool)
             .await
             .unwrap();
-    assert!(used.is_some(), "the first call recorded the key's use");
+    assert!(used.is_some(), "one call recorded the key's use");
     server.stop().await;
 }
