@@ -226,14 +226,19 @@ fn machine_ticks() -> (f64, f64) {
     (total - idle, total)
 }
 
+/// Clock ticks per second (`getconf CLK_TCK`), asked once: every meter reads
+/// several processes' times at each scenario's start and finish.
 fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 fn status_kib(pid: u32, field: &str) -> f64 {
