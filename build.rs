@@ -18,9 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("jobq_descriptor.bin"))
+        // google.rpc.Status (CompleteJobs' per-job errors) is tonic-types' type,
+        // the one tonic's rich errors already decode.
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_with_config(config, &PROTOS.map(PathBuf::from), &includes)?;
 
-    for proto in PROTOS {
+    for proto in PROTOS.iter().chain(&["proto/google/rpc/status.proto"]) {
         println!("cargo:rerun-if-changed={proto}");
     }
     Ok(())

@@ -390,6 +390,99 @@ async fn cancel_and_the_worker_calls_are_typed() {
     server.stop().await;
 }
 
+/// CompleteJobs through the client: one outcome per completion, in order, each
+/// refusal the typed error CompleteJob would have given; a bad field of any
+/// completion is the whole call's InvalidArgument.
+#[tokio::test]
+async fn complete_jobs_gives_each_completion_its_typed_outcome() {
+    use jobq_client::{ClaimJobs, Completion, Lease};
+
+    let server = TestServer::start().await;
+    let client = JobQueueClient::connect(server.url()).await.unwrap();
+    let user = Uuid::new_v4();
+    for n in 0..3 {
+        client.submit_job(photo(user, n)).await.unwrap();
+    }
+    let worker = client.worker();
+    let claimed = worker
+        .claim_jobs(&ClaimJobs::new("batch", 3))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let forged = Lease {
+        lease_id: Uuid::new_v4(),
+        ..claimed[1].lease.clone()
+    };
+    let never = Lease {
+        job_id: Uuid::new_v4(),
+        ..claimed[2].lease.clone()
+    };
+    let menu = |n: u64| {
+        let mut menu = serde_json::Map::new();
+        menu.insert("n".into(), n.into());
+        Completion::new(menu)
+    };
+
+    let bad = worker
+        .complete_jobs([
+            (&claimed[0].lease, menu(0)),
+            (&claimed[1].lease, menu(1).confidence(7.0)),
+        ])
+        .await
+        .unwrap_err();
+    let Error::InvalidArgument { violations, .. } = bad else {
+        panic!("{bad:?}")
+    };
+    let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(fields, ["completions[1].confidence"]);
+
+    let outcomes = worker
+        .complete_jobs([
+            (&claimed[0].lease, menu(0)),
+            (&forged, menu(1)),
+            (&never, menu(2)),
+            (&claimed[2].lease, menu(2).confidence(0.5)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 4);
+    let done = outcomes[0].as_ref().unwrap();
+    assert_eq!(
+        (done.id, done.status),
+        (claimed[0].job.id, JobStatus::Completed)
+    );
+    assert_eq!(done.result, Some(serde_json::json!({"n": 0})));
+    assert!(
+        matches!(outcomes[1], Err(Error::LeaseLost)),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        matches!(outcomes[2], Err(Error::JobNotFound)),
+        "{:?}",
+        outcomes[2]
+    );
+    let done = outcomes[3].as_ref().unwrap();
+    assert_eq!((done.id, done.confidence), (claimed[2].job.id, Some(0.5)));
+
+    // Reported again: each is now finished under its own lease.
+    let again = worker
+        .complete_jobs([(&claimed[0].lease, menu(0))])
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            again[0],
+            Err(Error::InvalidStatus {
+                current: JobStatus::Completed
+            })
+        ),
+        "{:?}",
+        again[0]
+    );
+    server.stop().await;
+}
+
 /// Every unary call carries the client's deadline; `with_timeout` changes it for
 /// one use, and a call past its deadline fails at once instead of hanging (and
 /// is not retried).

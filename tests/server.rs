@@ -235,6 +235,64 @@ async fn grpcurl_lists_describes_submits_and_gets() {
     server.stop().await;
 }
 
+/// A worker on grpcurl: CompleteJobs answers each completion, and grpcurl
+/// renders a refused one's google.rpc.Status with its ErrorInfo (the types come
+/// from the server's reflection).
+#[tokio::test]
+async fn grpcurl_completes_a_batch_and_shows_each_refusal() {
+    let server = TestServer::start().await;
+    let addr = server.addr.to_string();
+    server
+        .raw()
+        .submit_job(common::submission(Uuid::new_v4(), 1))
+        .await
+        .unwrap();
+    let claimed = pb::worker_service_client::WorkerServiceClient::new(server.channel())
+        .claim_jobs(pb::ClaimJobsRequest {
+            worker_id: "grpcurl".into(),
+            max_jobs: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let job_id = claimed[0].job.as_ref().unwrap().id.clone();
+    let unknown = Uuid::new_v4().to_string();
+    let body = serde_json::json!({"completions": [
+        {"jobId": job_id, "leaseId": claimed[0].lease_id, "result": {"items": []}, "confidence": 0.5},
+        {"jobId": unknown, "leaseId": claimed[0].lease_id},
+    ]})
+    .to_string();
+    let answer = tokio::task::spawn_blocking(move || {
+        grpcurl(&[
+            "-plaintext",
+            "-d",
+            &body,
+            &addr,
+            "jobq.v1.WorkerService/CompleteJobs",
+        ])
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{answer}");
+    assert_eq!(results[0]["job"]["id"], job_id.as_str());
+    assert_eq!(results[0]["job"]["status"], "JOB_STATUS_COMPLETED");
+    let error = &results[1]["error"];
+    assert_eq!(error["code"], 5, "NOT_FOUND: {answer}");
+    assert_eq!(error["message"], "job not found");
+    assert_eq!(
+        error["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.ErrorInfo"
+    );
+    assert_eq!(error["details"][0]["reason"], "JOB_NOT_FOUND");
+    assert_eq!(error["details"][0]["domain"], "jobq");
+    server.stop().await;
+}
+
 /// The README's walk-through with keys: grpcurl lists without a key (reflection
 /// is public), is refused without one, and works with `-H authorization`;
 /// CreateApiKey through grpcurl returns a key that works the same way.

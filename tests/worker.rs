@@ -1168,3 +1168,321 @@ async fn concurrent_claims_each_get_their_own_share_under_their_own_lease() {
     }
     server.stop().await;
 }
+
+/// A CompleteJobs result's error as the status a lone CompleteJob would have
+/// failed with (code, message and details).
+fn result_error(result: &pb::CompleteJobsResult) -> tonic::Status {
+    use prost::Message;
+    match &result.outcome {
+        Some(pb::complete_jobs_result::Outcome::Error(status)) => tonic::Status::with_details(
+            status.code.into(),
+            status.message.clone(),
+            status.encode_to_vec().into(),
+        ),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn result_job(result: &pb::CompleteJobsResult) -> &pb::Job {
+    match &result.outcome {
+        Some(pb::complete_jobs_result::Outcome::Job(job)) => job,
+        other => panic!("expected a job, got {other:?}"),
+    }
+}
+
+fn with_result(
+    mut completion: pb::CompleteJobRequest,
+    result: serde_json::Value,
+) -> pb::CompleteJobRequest {
+    let serde_json::Value::Object(result) = result else {
+        panic!("a result is an object")
+    };
+    completion.result = Some(jobq_proto::json::json_to_struct(result));
+    completion
+}
+
+/// CompleteJobs: each completion is applied or refused on its own, and each
+/// refusal is the status CompleteJob would have returned (code, message,
+/// ErrorInfo), in the request's order.
+#[tokio::test]
+async fn complete_jobs_answers_each_completion_on_its_own() {
+    let server = TestServer::start().await;
+    let user = Uuid::new_v4();
+    for n in 0..5 {
+        server.raw().submit_job(submission(user, n)).await.unwrap();
+    }
+    let claimed = worker(&server)
+        .claim_jobs(claim("w", 5, Duration::from_secs(300), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(claimed.len(), 5);
+    let id = |n: usize| claimed[n].job.as_ref().unwrap().id.clone();
+    // Job 0 finished before the batch; job 4's owner asks to cancel it.
+    worker(&server)
+        .complete_job(complete(&claimed[0]))
+        .await
+        .unwrap();
+    server
+        .raw()
+        .cancel_job(pb::CancelJobRequest {
+            job_id: id(4),
+            user_id: user.to_string(),
+        })
+        .await
+        .unwrap();
+
+    let unknown = Uuid::new_v4().to_string();
+    let batch = vec![
+        complete(&claimed[0]),
+        with_result(complete(&claimed[1]), serde_json::json!({"n": 1})),
+        pb::CompleteJobRequest {
+            lease_id: Uuid::new_v4().to_string(),
+            ..complete(&claimed[2])
+        },
+        pb::CompleteJobRequest {
+            job_id: unknown.clone(),
+            ..complete(&claimed[3])
+        },
+        pb::CompleteJobRequest {
+            confidence: Some(0.25),
+            ..complete(&claimed[3])
+        },
+        complete(&claimed[4]),
+    ];
+    let results = worker(&server)
+        .complete_jobs(pb::CompleteJobsRequest { completions: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 6);
+
+    let finished = result_error(&results[0]);
+    assert_eq!(finished.code(), Code::FailedPrecondition);
+    let (reason, metadata) = error_info(&finished);
+    assert_eq!(reason, "INVALID_STATUS");
+    assert_eq!(metadata["current_status"], "JOB_STATUS_COMPLETED");
+    // The same status, message included, as CompleteJob gives for it.
+    let alone = worker(&server)
+        .complete_job(complete(&claimed[0]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (alone.code(), alone.message()),
+        (finished.code(), finished.message())
+    );
+
+    let one = result_job(&results[1]);
+    assert_eq!(
+        (one.id.clone(), one.status()),
+        (id(1), pb::JobStatus::Completed)
+    );
+    let lost = result_error(&results[2]);
+    assert_eq!(
+        (lost.code(), error_info(&lost).0.as_str()),
+        (Code::FailedPrecondition, "LEASE_LOST")
+    );
+    let missing = result_error(&results[3]);
+    assert_eq!(
+        (missing.code(), error_info(&missing).0.as_str()),
+        (Code::NotFound, "JOB_NOT_FOUND")
+    );
+    let three = result_job(&results[4]);
+    assert_eq!(
+        (three.id.clone(), three.status(), three.confidence),
+        (id(3), pb::JobStatus::Completed, Some(0.25))
+    );
+    let four = result_job(&results[5]);
+    assert_eq!(
+        (four.id.clone(), four.status()),
+        (id(4), pb::JobStatus::Cancelled)
+    );
+
+    let stored: Vec<(String, String, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT id::text, status, result FROM menu_extraction_jobs ORDER BY created_at, id",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    let stored_of = |n: usize| {
+        stored
+            .iter()
+            .find(|(job, _, _)| *job == id(n))
+            .map(|(_, status, result)| (status.as_str(), result.clone()))
+            .unwrap()
+    };
+    assert_eq!(
+        stored_of(1),
+        ("completed", Some(serde_json::json!({"n": 1})))
+    );
+    assert_eq!(
+        stored_of(2),
+        ("processing", None),
+        "a lost lease changes nothing"
+    );
+    assert_eq!(stored_of(3).0, "completed");
+    assert_eq!(stored_of(4).0, "cancelled");
+    assert_eq!(stored.len(), 5, "the unknown job was not created");
+    server.stop().await;
+}
+
+/// A bad field anywhere in a CompleteJobs call refuses all of it, naming each
+/// bad field with its place; nothing is written.
+#[tokio::test]
+async fn a_bad_completion_refuses_the_whole_batch_and_writes_nothing() {
+    let server = TestServer::start().await;
+    queue_jobs(&server, 3).await;
+    let claimed = worker(&server)
+        .claim_jobs(claim("w", 3, Duration::from_secs(300), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let refused = |completions: Vec<pb::CompleteJobRequest>| {
+        let mut client = worker(&server);
+        async move {
+            let status = client
+                .complete_jobs(pb::CompleteJobsRequest { completions })
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert_eq!(error_info(&status).0, "INVALID_ARGUMENT");
+            use tonic_types::StatusExt;
+            let fields: Vec<String> = status
+                .get_error_details()
+                .bad_request()
+                .unwrap()
+                .field_violations
+                .iter()
+                .map(|violation| violation.field.clone())
+                .collect();
+            fields
+        }
+    };
+
+    let fields = refused(vec![
+        complete(&claimed[0]),
+        pb::CompleteJobRequest {
+            confidence: Some(2.0),
+            ..complete(&claimed[1])
+        },
+        complete(&claimed[0]),
+        pb::CompleteJobRequest {
+            lease_id: "not-a-uuid".into(),
+            ..complete(&claimed[2])
+        },
+    ])
+    .await;
+    assert_eq!(
+        fields,
+        [
+            "completions[1].confidence",
+            "completions[2].job_id",
+            "completions[3].lease_id"
+        ]
+    );
+    assert_eq!(refused(Vec::new()).await, ["completions"]);
+    let too_many = (0..101)
+        .map(|_| pb::CompleteJobRequest {
+            job_id: Uuid::new_v4().to_string(),
+            lease_id: Uuid::new_v4().to_string(),
+            ..Default::default()
+        })
+        .collect();
+    assert_eq!(refused(too_many).await, ["completions"]);
+
+    for job in &claimed {
+        let (status, _) = status_of(&server, &job.job.as_ref().unwrap().id).await;
+        assert_eq!(status, "processing", "nothing written");
+    }
+    // The valid part alone then goes through.
+    let results = worker(&server)
+        .complete_jobs(pb::CompleteJobsRequest {
+            completions: claimed.iter().map(complete).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    for result in &results {
+        assert_eq!(result_job(result).status(), pb::JobStatus::Completed);
+    }
+    server.stop().await;
+}
+
+/// Eight workers at once each report the same 40 jobs in one CompleteJobs
+/// call, each with its own result: every job is completed exactly once, by
+/// exactly one of them, and stores that one's result; every other report of
+/// it is INVALID_STATUS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_of_the_same_jobs_complete_each_job_once() {
+    let server = TestServer::start().await;
+    queue_jobs(&server, 40).await;
+    let claimed = worker(&server)
+        .claim_jobs(claim("w", 40, Duration::from_secs(300), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(claimed.len(), 40);
+    // Connected before the race, so that the calls leave together.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut client = worker(&server);
+        client
+            .complete_jobs(pb::CompleteJobsRequest::default())
+            .await
+            .unwrap_err();
+        clients.push(client);
+    }
+    let calls = clients.into_iter().enumerate().map(|(caller, mut client)| {
+        let completions = claimed
+            .iter()
+            .map(|job| with_result(complete(job), serde_json::json!({"caller": caller})))
+            .collect();
+        tokio::spawn(async move {
+            client
+                .complete_jobs(pb::CompleteJobsRequest { completions })
+                .await
+                .unwrap()
+                .into_inner()
+                .results
+        })
+    });
+    let answers = futures::future::join_all(calls).await;
+
+    let mut winner = vec![None; claimed.len()];
+    for (caller, results) in answers.into_iter().enumerate() {
+        let results = results.unwrap();
+        assert_eq!(results.len(), claimed.len());
+        for (n, result) in results.iter().enumerate() {
+            match &result.outcome {
+                Some(pb::complete_jobs_result::Outcome::Job(job)) => {
+                    assert_eq!(job.status(), pb::JobStatus::Completed);
+                    assert!(
+                        winner[n].replace(caller).is_none(),
+                        "job {n} completed twice"
+                    );
+                }
+                _ => assert_eq!(
+                    error_info(&result_error(result)).0,
+                    "INVALID_STATUS",
+                    "job {n}"
+                ),
+            }
+        }
+    }
+    for (job, winner) in claimed.iter().zip(winner) {
+        let winner = winner.expect("every job completed by one caller");
+        let stored: serde_json::Value =
+            sqlx::query_scalar("SELECT result FROM menu_extraction_jobs WHERE id = $1::uuid")
+                .bind(&job.job.as_ref().unwrap().id)
+                .fetch_one(&server.pool)
+                .await
+                .unwrap();
+        assert_eq!(stored, serde_json::json!({"caller": winner}));
+    }
+    server.stop().await;
+}

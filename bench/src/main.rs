@@ -42,7 +42,9 @@ struct Args {
     /// Where to write the figures as JSON.
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
-    /// Only these scenarios (comma-separated); default all.
+    /// Only these scenarios (comma-separated: submit, drain, steady, pickup,
+    /// fan-out, scale; drain-each or drain-batched for one of drain's two
+    /// rows); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -366,13 +368,16 @@ impl Bench {
         figures
     }
 
-    /// Workers with a no-op handler drain the queue: batches of ClaimJobs, one
-    /// CompleteJob per job.
-    async fn drain(&self) -> Figures {
+    /// Workers with a no-op handler drain the queue: batches of ClaimJobs, and
+    /// one CompleteJob per job (`Reports::Each`, latencies per CompleteJob) or
+    /// one CompleteJobs per claimed batch (`Reports::Batched`, latencies per
+    /// CompleteJobs).
+    async fn drain(&self, reports: Reports) -> Figures {
         let total = self.size(20_000, 500);
         let have = queued(&self.args.database_url);
         if have < total {
             insert_jobs(&self.args.database_url, total - have, total - have, 1_000);
+            self.settle();
         }
         let total = queued(&self.args.database_url);
         let meter = ServerMeter::start(self.args.server_pid);
@@ -391,19 +396,40 @@ impl Bench {
                         if claimed.is_empty() {
                             break;
                         }
-                        let reports = claimed.into_iter().map(|job| {
-                            let worker = worker.clone();
-                            let samples = samples.clone();
-                            async move {
+                        let n = claimed.len();
+                        match reports {
+                            Reports::Each => {
+                                let reports = claimed.into_iter().map(|job| {
+                                    let worker = worker.clone();
+                                    let samples = samples.clone();
+                                    async move {
+                                        let t = Instant::now();
+                                        worker
+                                            .complete_job(
+                                                &job.lease,
+                                                Completion::new(Default::default()),
+                                            )
+                                            .await
+                                            .expect("completed");
+                                        samples.add(t.elapsed());
+                                    }
+                                });
+                                futures::future::join_all(reports).await;
+                            }
+                            Reports::Batched => {
                                 let t = Instant::now();
-                                worker
-                                    .complete_job(&job.lease, Completion::new(Default::default()))
+                                let outcomes = worker
+                                    .complete_jobs(claimed.iter().map(|job| {
+                                        (&job.lease, Completion::new(Default::default()))
+                                    }))
                                     .await
                                     .expect("completed");
                                 samples.add(t.elapsed());
+                                for outcome in outcomes {
+                                    outcome.expect("completed");
+                                }
                             }
-                        });
-                        let n = futures::future::join_all(reports).await.len();
+                        }
                         done.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 })
@@ -411,7 +437,10 @@ impl Bench {
             .collect();
         futures::future::join_all(workers).await;
         let mut figures = Figures {
-            name: "drain",
+            name: match reports {
+                Reports::Each => "drain",
+                Reports::Batched => "drain, CompleteJobs",
+            },
             operations: done.load(Ordering::Relaxed),
             seconds: started.elapsed().as_secs_f64(),
             latencies: samples.sorted(),
@@ -801,6 +830,15 @@ fn ms(value: f64) -> String {
     }
 }
 
+/// How drain's workers report what they finished.
+#[derive(Debug, Clone, Copy)]
+enum Reports {
+    /// One CompleteJob per job.
+    Each,
+    /// One CompleteJobs per claimed batch.
+    Batched,
+}
+
 /// The target of a scenario, and whether its figures meet it.
 fn verdict(figures: &Figures, baseline: f64, all: &[Figures]) -> (String, String) {
     let ratio = figures.per_second() / baseline;
@@ -810,7 +848,7 @@ fn verdict(figures: &Figures, baseline: f64, all: &[Figures]) -> (String, String
             "≥ 0.5x pgbench, p99 ≤ 20 ms".to_owned(),
             ratio >= 0.5 && p99 <= 20.0,
         ),
-        "drain" => ("≥ 1.5x pgbench".to_owned(), ratio >= 1.5),
+        "drain" | "drain, CompleteJobs" => ("≥ 1.5x pgbench".to_owned(), ratio >= 1.5),
         "steady" => (
             "≥ 0.5x pgbench, p99 ≤ 50 ms".to_owned(),
             ratio >= 0.5 && p99 <= 50.0,
@@ -854,7 +892,7 @@ fn verdict(figures: &Figures, baseline: f64, all: &[Figures]) -> (String, String
         _ => (String::new(), true),
     };
     let ratio = match figures.name {
-        "submit" | "drain" | "steady" => format!("{ratio:.2}x"),
+        "submit" | "drain" | "drain, CompleteJobs" | "steady" => format!("{ratio:.2}x"),
         _ => "-".to_owned(),
     };
     (
@@ -890,9 +928,13 @@ async fn main() {
         bench.settle();
         all.push(bench.submit().await);
     }
-    if wanted("drain") {
+    if wanted("drain") || wanted("drain-each") {
         bench.settle();
-        all.push(bench.drain().await);
+        all.push(bench.drain(Reports::Each).await);
+    }
+    if wanted("drain") || wanted("drain-batched") {
+        bench.settle();
+        all.push(bench.drain(Reports::Batched).await);
     }
     if wanted("steady") {
         bench.settle();

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use jobq_proto::json;
 use jobq_proto::pb;
 use jobq_proto::pb::worker_service_client::WorkerServiceClient;
+use prost::Message;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -313,6 +314,60 @@ impl WorkerClient {
         finished_job(response.job)
     }
 
+    /// Reports up to 100 jobs done in one call (and one database statement on
+    /// the server), each exactly as [`WorkerClient::complete_job`] would report
+    /// it. Returns one outcome per completion, in order: the job as stored, or
+    /// why that completion was refused ([`Error::LeaseLost`],
+    /// [`Error::InvalidStatus`], [`Error::JobNotFound`]); the others are not
+    /// affected by it.
+    ///
+    /// ```no_run
+    /// # async fn example(worker: jobq_client::WorkerClient) -> Result<(), jobq_client::Error> {
+    /// let claimed = worker.claim_jobs(&jobq_client::ClaimJobs::new("worker-1", 50)).await?;
+    /// let reports = claimed
+    ///     .iter()
+    ///     .map(|job| (&job.lease, jobq_client::Completion::new(serde_json::Map::new())));
+    /// for outcome in worker.complete_jobs(reports).await? {
+    ///     if let Err(refused) = outcome {
+    ///         eprintln!("not completed: {refused}");
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// For the whole call, with nothing written: [`Error::InvalidArgument`]
+    /// naming the bad field of any completion (`completions[2].confidence`), or
+    /// `completions` when there are none or more than 100, or a job's second
+    /// completion; [`Error::Unavailable`] (calling again is safe: what had
+    /// landed is then refused with [`Error::InvalidStatus`]).
+    pub async fn complete_jobs<'a>(
+        &self,
+        completions: impl IntoIterator<Item = (&'a Lease, Completion)>,
+    ) -> Result<Vec<Result<Job, Error>>, Error> {
+        let message = pb::CompleteJobsRequest {
+            completions: completions
+                .into_iter()
+                .map(|(lease, completion)| completion.into_request(lease))
+                .collect(),
+        };
+        let sent = message.completions.len();
+        let response = unary!(
+            self.connection,
+            Idempotence::Safe,
+            WorkerServiceClient::complete_jobs,
+            message
+        )?;
+        if response.results.len() != sent {
+            return Err(Error::Decode(format!(
+                "CompleteJobs answered {} results for {sent} completions",
+                response.results.len()
+            )));
+        }
+        Ok(response.results.into_iter().map(completed).collect())
+    }
+
     /// Reports the job failed with `error_message` (1 to 8192 bytes): FAILED (or
     /// CANCELLED when its owner cancelled it meanwhile).
     ///
@@ -341,4 +396,19 @@ impl WorkerClient {
 fn finished_job(job: Option<pb::Job>) -> Result<Job, Error> {
     job.ok_or_else(|| Error::Decode("report answered without a job".into()))?
         .try_into()
+}
+
+/// One outcome of CompleteJobs: the job, or the error the call would have
+/// failed with had it completed that job alone.
+fn completed(result: pb::CompleteJobsResult) -> Result<Job, Error> {
+    match result.outcome {
+        Some(pb::complete_jobs_result::Outcome::Job(job)) => job.try_into(),
+        Some(pb::complete_jobs_result::Outcome::Error(status)) => {
+            let details = tonic::codegen::Bytes::from(status.encode_to_vec());
+            Err(tonic::Status::with_details(status.code.into(), status.message, details).into())
+        }
+        None => Err(Error::Decode(
+            "CompleteJobs result without an outcome".into(),
+        )),
+    }
 }

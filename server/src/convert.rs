@@ -4,6 +4,9 @@
 //! ignored by accident; every bad field becomes one `BadRequest` violation, and all
 //! of them are reported together.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use chrono::{DateTime, Utc};
 use jobq_proto::json;
 use jobq_proto::pb;
@@ -313,6 +316,9 @@ pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(3600);
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most jobs one ClaimJobs call may take.
 pub const MAX_CLAIM: i32 = 100;
+/// Most completions one CompleteJobs call may carry (as many as one ClaimJobs
+/// call may hand out).
+pub const MAX_COMPLETIONS: usize = 100;
 /// Longest worker_id, in bytes.
 pub const MAX_WORKER_ID_LEN: usize = 200;
 /// Longest error_message, in bytes.
@@ -528,6 +534,53 @@ impl Completion {
             })
         })
     }
+}
+
+/// Validates a CompleteJobs request: every completion as CompleteJob would
+/// (a bad field is named with its place, `completions[2].confidence`), 1 to
+/// [`MAX_COMPLETIONS`] of them, no job named twice. Any violation refuses the
+/// whole request.
+pub fn completions(
+    request: pb::CompleteJobsRequest,
+    limits: &WorkerLimits,
+) -> Result<Vec<Completion>, Error> {
+    let pb::CompleteJobsRequest { completions } = request;
+    let mut v = Violations::default();
+    if completions.is_empty() || completions.len() > MAX_COMPLETIONS {
+        v.0.push(FieldViolation {
+            field: "completions".to_owned(),
+            description: format!(
+                "must hold 1 to {MAX_COMPLETIONS} completions, got {}",
+                completions.len()
+            ),
+        });
+    }
+    let mut parsed = Vec::with_capacity(completions.len());
+    let mut first_naming = HashMap::new();
+    for (i, completion) in completions.into_iter().enumerate() {
+        match Completion::parse(completion, limits) {
+            Ok(completion) => {
+                match first_naming.entry(completion.lease.job_id) {
+                    Entry::Occupied(first) => v.0.push(FieldViolation {
+                        field: format!("completions[{i}].job_id"),
+                        description: format!("names the same job as completions[{}]", first.get()),
+                    }),
+                    Entry::Vacant(slot) => {
+                        slot.insert(i);
+                    }
+                }
+                parsed.push(completion);
+            }
+            Err(Error::InvalidArgument(violations)) => {
+                v.0.extend(violations.into_iter().map(|violation| FieldViolation {
+                    field: format!("completions[{i}].{}", violation.field),
+                    description: violation.description,
+                }));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    v.finish(|| Some(parsed))
 }
 
 impl TryFrom<pb::FailJobRequest> for Failure {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use jobq_proto::pb;
+use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -342,6 +343,24 @@ impl From<Error> for Status {
     }
 }
 
+impl Error {
+    /// The `google.rpc.Status` of a call refused with this error (code, message
+    /// and details, exactly as the call's own status carries them), for an
+    /// answer that reports several outcomes, each of which may be a refusal.
+    pub fn into_rpc_status(self) -> tonic_types::pb::Status {
+        let status = Status::from(self);
+        // The details of a status made by `From<Error>` are an encoded
+        // google.rpc.Status (tonic-types' `with_error_details`).
+        tonic_types::pb::Status::decode(status.details()).unwrap_or_else(|_| {
+            tonic_types::pb::Status {
+                code: status.code().into(),
+                message: status.message().to_owned(),
+                details: Vec::new(),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +391,20 @@ mod tests {
         assert_eq!(
             (info.reason.as_str(), info.domain.as_str()),
             ("INVALID_ARGUMENT", DOMAIN)
+        );
+    }
+
+    #[test]
+    fn an_rpc_status_is_what_the_call_would_have_carried() {
+        let rpc = Error::LeaseLost.into_rpc_status();
+        let status = Status::from(Error::LeaseLost);
+        assert_eq!(rpc.code, i32::from(Code::FailedPrecondition));
+        assert_eq!(rpc.message, status.message());
+        assert_eq!(rpc.encode_to_vec(), status.details());
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("LEASE_LOST", DOMAIN)
         );
     }
 

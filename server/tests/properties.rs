@@ -86,6 +86,22 @@ proptest! {
         if let Ok(request) = pb::CompleteJobRequest::decode(data.as_slice()) {
             let _ = Completion::parse(request, &limits());
         }
+        if let Ok(request) = pb::CompleteJobsRequest::decode(data.as_slice()) {
+            let sent = request.completions.len();
+            match convert::completions(request, &limits()) {
+                Ok(completions) => {
+                    prop_assert_eq!(completions.len(), sent);
+                    prop_assert!((1..=convert::MAX_COMPLETIONS).contains(&sent));
+                }
+                Err(jobq_server::error::Error::InvalidArgument(violations)) => {
+                    prop_assert!(!violations.is_empty());
+                    for violation in violations {
+                        prop_assert!(violation.field.starts_with("completions"), "{}", violation.field);
+                    }
+                }
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
         if let Ok(request) = pb::FailJobRequest::decode(data.as_slice()) {
             let _ = Failure::try_from(request);
         }

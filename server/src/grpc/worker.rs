@@ -83,7 +83,12 @@ impl WorkerApi {
             let storage = storage.clone();
             move |batch: Vec<Completion>| {
                 let storage = storage.clone();
-                async move { storage.complete_jobs(&batch).await }
+                async move {
+                    match storage.complete_jobs(&batch).await {
+                        Ok(outcomes) => outcomes,
+                        Err(error) => batch.iter().map(|_| Err(error.shared())).collect(),
+                    }
+                }
             }
         });
         Self {
@@ -145,7 +150,7 @@ fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> 
 }
 
 /// The error for a write under a lease that did not apply.
-fn refused(refusal: LeaseRefusal, operation: &'static str) -> Status {
+fn refusal_error(refusal: LeaseRefusal, operation: &'static str) -> Error {
     match refusal {
         LeaseRefusal::NotFound => Error::JobNotFound,
         LeaseRefusal::Finished(stored) => Error::InvalidStatus {
@@ -154,8 +159,15 @@ fn refused(refusal: LeaseRefusal, operation: &'static str) -> Status {
         },
         LeaseRefusal::LeaseLost => Error::LeaseLost,
     }
-    .into()
 }
+
+/// [`refusal_error`], as the call's status.
+fn refused(refused: LeaseRefusal, operation: &'static str) -> Status {
+    refusal_error(refused, operation).into()
+}
+
+/// What CompleteJob and CompleteJobs say of a finished job.
+const COMPLETE_FINISHED: &str = "CompleteJob (the job is finished)";
 
 fn claimed_to_pb(claimed: ClaimedJob) -> pb::ClaimedJob {
     let ClaimedJob {
@@ -224,11 +236,44 @@ impl WorkerService for WorkerApi {
             .await
             .map_err(Error::from)?
             .map_err(Error::from)?
-            .map_err(|refusal| refused(refusal, "CompleteJob (the job is finished)"))?;
+            .map_err(|refusal| refused(refusal, COMPLETE_FINISHED))?;
         log_outcome(&job, "completed");
         Ok(Response::new(pb::CompleteJobResponse {
             job: Some(job.into()),
         }))
+    }
+
+    async fn complete_jobs(
+        &self,
+        request: Request<pb::CompleteJobsRequest>,
+    ) -> Result<Response<pb::CompleteJobsResponse>, Status> {
+        use pb::complete_jobs_result::Outcome;
+        let completions = convert::completions(request.into_inner(), &self.limits)?;
+        // One statement for the call's completions (they are already a batch).
+        let outcomes = self
+            .storage
+            .complete_jobs(&completions)
+            .await
+            .map_err(Error::from)?;
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| {
+                let outcome = match outcome {
+                    Ok(Ok(job)) => {
+                        log_outcome(&job, "completed");
+                        Outcome::Job(job.into())
+                    }
+                    Ok(Err(refused)) => {
+                        Outcome::Error(refusal_error(refused, COMPLETE_FINISHED).into_rpc_status())
+                    }
+                    Err(error) => Outcome::Error(Error::from(error).into_rpc_status()),
+                };
+                pb::CompleteJobsResult {
+                    outcome: Some(outcome),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::CompleteJobsResponse { results }))
     }
 
     async fn fail_job(

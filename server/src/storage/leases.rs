@@ -179,19 +179,18 @@ impl Storage {
     }
 
     /// Completes a batch of jobs in one statement, each as
-    /// [`Storage::complete_job`] would. A job named more than once is completed
-    /// by its first completion in the batch, and the others are then applied
-    /// one by one (and refused, as they would have been after it). When the
-    /// statement fails for a reason that is not the database being unavailable,
-    /// every completion is applied on its own, so that one's trouble is never
-    /// another's.
+    /// [`Storage::complete_job`] would, and answers each completion in order. A
+    /// job named more than once is completed by its first completion in the
+    /// batch, and the others are then applied one by one (and refused, as they
+    /// would have been after it). When the statement fails for a reason that is
+    /// not the database being unavailable, every completion is applied on its
+    /// own, so that one's trouble is never another's. `Err` only when the
+    /// statement failed and nothing was written (the database is unavailable,
+    /// or a batch of one failed).
     pub async fn complete_jobs(
         &self,
         batch: &[Completion],
-    ) -> Vec<Result<Result<Job, LeaseRefusal>, StorageError>> {
-        if batch.len() == 1 {
-            return vec![self.complete_job(&batch[0]).await];
-        }
+    ) -> Result<Vec<Result<Result<Job, LeaseRefusal>, StorageError>>, StorageError> {
         // Whether each completion is the first in the batch to name its job.
         let mut named = HashSet::new();
         let first: Vec<bool> = batch
@@ -205,15 +204,14 @@ impl Storage {
             .collect();
         let mut done: HashMap<JobId, Job> = match self.complete(&firsts).await {
             Ok(jobs) => jobs.into_iter().map(|job| (job.id, job)).collect(),
-            Err(error @ StorageError::Unavailable(_)) => {
-                return batch.iter().map(|_| Err(error.shared())).collect();
-            }
+            Err(error @ StorageError::Unavailable(_)) => return Err(error),
+            Err(error) if batch.len() == 1 => return Err(error),
             Err(_) => {
                 let mut outcomes = Vec::with_capacity(batch.len());
                 for completion in batch {
                     outcomes.push(self.complete_job(completion).await);
                 }
-                return outcomes;
+                return Ok(outcomes);
             }
         };
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -228,7 +226,7 @@ impl Storage {
             };
             outcomes.push(outcome);
         }
-        outcomes
+        Ok(outcomes)
     }
 
     /// One statement completing each job of `batch` (no job named twice) whose
