@@ -533,3 +533,73 @@ async fn submission_plans_made_on_an_empty_table_still_read_only_what_they_look_
     drop(conn);
     server.stop().await;
 }
+
+/// Statistics taken while the queue was empty, then a backlog of 20,000 jobs:
+/// a claim still walks the queue index in order and stops after the jobs it
+/// claims, instead of reading the whole backlog and sorting it (what Postgres
+/// plans for these statistics when bitmap scans are allowed).
+#[tokio::test]
+async fn a_claim_reads_the_jobs_it_claims_whatever_the_statistics_say() {
+    use jobq_server::storage::PLANNER_SETTINGS;
+    use jobq_server::storage::leases::CLAIM;
+    use sqlx::{ConnectOptions, Connection};
+    let server = TestServer::start().await;
+    sqlx::raw_sql(
+        "ANALYZE menu_extraction_jobs;
+         INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash)
+         SELECT gen_random_uuid(), 'https://x/' || g, encode(sha256(g::text::bytea), 'hex')
+         FROM generate_series(1, 20000) g",
+    )
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    // A connection that plans as the server's do.
+    let mut conn = server
+        .db
+        .url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .options(PLANNER_SETTINGS)
+        .connect()
+        .await
+        .unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let explained: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {CLAIM}"
+    )))
+    .bind(vec![0_i32; 100])
+    .bind(vec!["w"])
+    .bind(vec![60_000_i64])
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    let plan = &explained[0]["Plan"];
+    assert_eq!(plan["Actual Rows"], 100, "{plan:#}");
+    // The 100 from the queue index, each again by its primary key, and the
+    // 100 updated.
+    let (rows, sequential) = rows_read(plan);
+    assert!(!sequential, "{plan:#}");
+    assert!(rows <= 300.0, "read {rows} rows to claim 100: {plan:#}");
+
+    // And through the server: the 100 oldest.
+    let claimed = pb::worker_service_client::WorkerServiceClient::new(server.channel())
+        .claim_jobs(pb::ClaimJobsRequest {
+            worker_id: "w".into(),
+            max_jobs: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let oldest: Vec<String> = sqlx::query_scalar(
+        "SELECT id::text FROM menu_extraction_jobs ORDER BY created_at, id LIMIT 100",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    let claimed: Vec<String> = claimed.into_iter().map(|c| c.job.unwrap().id).collect();
+    assert_eq!(claimed, oldest);
+    server.stop().await;
+}

@@ -135,6 +135,24 @@ impl From<sqlx::Error> for StorageError {
     }
 }
 
+/// How the server's connections plan, set when each connects.
+///
+/// - Every statement is planned for the values it runs with
+///   (`plan_cache_mode`, see [`Storage::open`]); a submission transaction sets
+///   its own (see [`usage::SUBMISSION_PLANNING`]).
+/// - No bitmap scans. jobq's reads that may match many rows are ordered and
+///   limited (claims, ListJobs pages, lease expiry), and must walk an index in
+///   order and stop; a bitmap scan reads every match first and then sorts
+///   them. Postgres picks one when its statistics say few rows match, which is
+///   what they say of the queue until the next ANALYZE after a backlog builds
+///   (see [`leases::CLAIM`]). The other reads (by key, a user's counts, a
+///   watch's catch-up by transaction) read the same rows by an index scan.
+#[doc(hidden)]
+pub const PLANNER_SETTINGS: [(&str, &str); 2] = [
+    ("plan_cache_mode", "force_custom_plan"),
+    ("enable_bitmapscan", "off"),
+];
+
 /// The connection pool and every query over it.
 #[derive(Debug, Clone)]
 pub struct Storage {
@@ -156,7 +174,7 @@ impl Storage {
         // usage::SUBMISSION_PLANNING).
         let options = PgConnectOptions::from_str(database_url)?
             .application_name("jobq-server")
-            .options([("plan_cache_mode", "force_custom_plan")]);
+            .options(PLANNER_SETTINGS);
         // Every connection is opened at start and kept (a fixed-size pool): a
         // connection opened under load (TCP, TLS, startup, then each statement
         // prepared and planned anew) held the calls behind it for ~100 ms,
