@@ -43,8 +43,9 @@ struct Args {
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
     /// Only these scenarios (comma-separated: submit, drain, steady, pickup,
-    /// fan-out, scale; drain-each or drain-batched for one of drain's two
-    /// rows); default all.
+    /// fan-out, scale; drain-each, drain-batched, steady-each or
+    /// steady-batched for one of the two rows of drain or steady); default
+    /// all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -452,8 +453,8 @@ impl Bench {
     }
 
     /// Submitting and draining at once; latency from a submission's answer to
-    /// its completion's answer.
-    async fn steady(&self) -> Figures {
+    /// its completion's answer. Workers report as drain's do (`reports`).
+    async fn steady(&self, reports: Reports) -> Figures {
         let window = Duration::from_secs(self.size(30, 3));
         let meter = ServerMeter::start(self.args.server_pid);
         let submitted: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
@@ -496,23 +497,41 @@ impl Bench {
                         let claim = ClaimJobs::new(format!("steady-{i}"), 50)
                             .wait(Duration::from_millis(500));
                         let claimed = worker.claim_jobs(&claim).await.expect("claimed");
-                        let reports = claimed.into_iter().map(|job| {
-                            let worker = worker.clone();
-                            let (submitted, samples, completed) =
-                                (submitted.clone(), samples.clone(), completed.clone());
-                            async move {
-                                worker
-                                    .complete_job(&job.lease, Completion::new(Default::default()))
+                        let finished = |id: &Uuid| {
+                            let at = submitted.lock().unwrap().remove(id);
+                            if let Some(at) = at {
+                                samples.add(at.elapsed());
+                            }
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        };
+                        match reports {
+                            Reports::Each => {
+                                let reports = claimed.iter().map(|job| async {
+                                    worker
+                                        .complete_job(
+                                            &job.lease,
+                                            Completion::new(Default::default()),
+                                        )
+                                        .await
+                                        .expect("completed");
+                                    finished(&job.job.id);
+                                });
+                                futures::future::join_all(reports).await;
+                            }
+                            Reports::Batched if claimed.is_empty() => {}
+                            Reports::Batched => {
+                                let outcomes = worker
+                                    .complete_jobs(claimed.iter().map(|job| {
+                                        (&job.lease, Completion::new(Default::default()))
+                                    }))
                                     .await
                                     .expect("completed");
-                                let at = submitted.lock().unwrap().remove(&job.job.id);
-                                if let Some(at) = at {
-                                    samples.add(at.elapsed());
+                                for (job, outcome) in claimed.iter().zip(outcomes) {
+                                    outcome.expect("completed");
+                                    finished(&job.job.id);
                                 }
-                                completed.fetch_add(1, Ordering::Relaxed);
                             }
-                        });
-                        futures::future::join_all(reports).await;
+                        }
                     }
                 })
             })
@@ -524,7 +543,10 @@ impl Bench {
         futures::future::join_all(submitters).await;
         futures::future::join_all(workers).await;
         let mut figures = Figures {
-            name: "steady",
+            name: match reports {
+                Reports::Each => "steady",
+                Reports::Batched => "steady, CompleteJobs",
+            },
             operations: completed_in_window,
             seconds,
             latencies: samples.sorted(),
@@ -830,7 +852,7 @@ fn ms(value: f64) -> String {
     }
 }
 
-/// How drain's workers report what they finished.
+/// How the workers of drain and steady report what they finished.
 #[derive(Debug, Clone, Copy)]
 enum Reports {
     /// One CompleteJob per job.
@@ -849,7 +871,7 @@ fn verdict(figures: &Figures, baseline: f64, all: &[Figures]) -> (String, String
             ratio >= 0.5 && p99 <= 20.0,
         ),
         "drain" | "drain, CompleteJobs" => ("≥ 1.5x pgbench".to_owned(), ratio >= 1.5),
-        "steady" => (
+        "steady" | "steady, CompleteJobs" => (
             "≥ 0.5x pgbench, p99 ≤ 50 ms".to_owned(),
             ratio >= 0.5 && p99 <= 50.0,
         ),
@@ -892,7 +914,9 @@ fn verdict(figures: &Figures, baseline: f64, all: &[Figures]) -> (String, String
         _ => (String::new(), true),
     };
     let ratio = match figures.name {
-        "submit" | "drain" | "drain, CompleteJobs" | "steady" => format!("{ratio:.2}x"),
+        "submit" | "drain" | "drain, CompleteJobs" | "steady" | "steady, CompleteJobs" => {
+            format!("{ratio:.2}x")
+        }
         _ => "-".to_owned(),
     };
     (
@@ -936,9 +960,13 @@ async fn main() {
         bench.settle();
         all.push(bench.drain(Reports::Batched).await);
     }
-    if wanted("steady") {
+    if wanted("steady") || wanted("steady-each") {
         bench.settle();
-        all.push(bench.steady().await);
+        all.push(bench.steady(Reports::Each).await);
+    }
+    if wanted("steady") || wanted("steady-batched") {
+        bench.settle();
+        all.push(bench.steady(Reports::Batched).await);
     }
     if wanted("pickup") {
         bench.settle();
