@@ -15,6 +15,10 @@
 //! delays the next by at most that while a spare slot is free, instead of
 //! holding every caller until it ends.
 //!
+//! A caller may queue several items at once ([`GroupCommit::call_many`]): they
+//! go in the same batch, never split across two, so they share one
+//! statement's fate.
+//!
 //! A batch function answers every item of its batch, in order. A caller that
 //! gives up (its RPC was cancelled) does not take its item out of a batch already
 //! formed: the item is still applied, exactly as a call cancelled just after its
@@ -33,8 +37,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// server CPU; batches in the benchmark take 1-10 ms, so 20 ms is a stall.
 pub const SPARE_AFTER: Duration = Duration::from_millis(20);
 
-/// The item and where its answer goes.
-type Queued<T, R> = (T, oneshot::Sender<R>);
+/// A caller's items and where their answers go.
+type Queued<T, R> = (Vec<T>, oneshot::Sender<Vec<R>>);
 
 /// A queue in front of a batch function; cheap to clone.
 #[derive(Debug)]
@@ -60,10 +64,10 @@ where
     T: Send + 'static,
     R: Send + 'static,
 {
-    /// Starts the task that forms batches of at most `max_batch` items and runs
-    /// `run` on them: one at a time, and up to `in_flight` when a batch has
-    /// waited `spare_after` for a slot. `run` must return one answer per item,
-    /// in the items' order.
+    /// Starts the task that forms batches of at most `max_batch` items (or one
+    /// caller's items, when they are more) and runs `run` on them: one at a
+    /// time, and up to `in_flight` when a batch has waited `spare_after` for a
+    /// slot. `run` must return one answer per item, in the items' order.
     pub fn spawn<F, Fut>(max_batch: usize, in_flight: usize, spare_after: Duration, run: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
@@ -75,7 +79,17 @@ where
         let first_slot = Arc::new(Semaphore::new(1));
         let spare_slots = Arc::new(Semaphore::new(in_flight - 1));
         tokio::spawn(async move {
-            while let Some(first) = incoming.recv().await {
+            // A caller's items that did not fit in the batch before: they
+            // start the next one.
+            let mut held: Option<Queued<T, R>> = None;
+            loop {
+                let first = match held.take() {
+                    Some(first) => first,
+                    None => match incoming.recv().await {
+                        Some(first) => first,
+                        None => return,
+                    },
+                };
                 // Waiting here is what lets a batch grow: calls keep arriving
                 // while the batch before runs.
                 let slot = tokio::select! {
@@ -89,23 +103,29 @@ where
                 let Ok(slot) = slot else {
                     return;
                 };
-                let mut batch = vec![first];
-                while batch.len() < max_batch {
+                let mut items = first.0;
+                let mut answers = vec![(items.len(), first.1)];
+                while items.len() < max_batch {
                     match incoming.try_recv() {
-                        Ok(item) => batch.push(item),
+                        Ok(next) if items.len() + next.0.len() > max_batch => {
+                            held = Some(next);
+                            break;
+                        }
+                        Ok((more, answer)) => {
+                            answers.push((more.len(), answer));
+                            items.extend(more);
+                        }
                         Err(_) => break,
                     }
                 }
                 let run = run.clone();
                 tokio::spawn(async move {
-                    let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) =
-                        batch.into_iter().unzip();
                     let expected = items.len();
-                    let results = run(items).await;
+                    let mut results = run(items).await.into_iter();
                     debug_assert_eq!(results.len(), expected, "one answer per item");
-                    for (answer, result) in answers.into_iter().zip(results) {
+                    for (count, answer) in answers {
                         // A caller that gave up is not an error.
-                        let _ = answer.send(result);
+                        let _ = answer.send(results.by_ref().take(count).collect());
                     }
                     drop(slot);
                 });
@@ -116,8 +136,17 @@ where
 
     /// Queues `item` and waits for its answer.
     pub async fn call(&self, item: T) -> Result<R, Lost> {
+        self.call_many(vec![item]).await?.pop().ok_or(Lost)
+    }
+
+    /// Queues `items` to go in one batch together and waits for their
+    /// answers, in order.
+    pub async fn call_many(&self, items: Vec<T>) -> Result<Vec<R>, Lost> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
         let (answer, result) = oneshot::channel();
-        self.queue.send((item, answer)).map_err(|_| Lost)?;
+        self.queue.send((items, answer)).map_err(|_| Lost)?;
         result.await.map_err(|_| Lost)
     }
 }
@@ -157,6 +186,45 @@ mod tests {
         for expected in [8, 8, 3] {
             assert_eq!(sizes.recv().await, Some(expected));
         }
+    }
+
+    #[tokio::test]
+    async fn a_callers_items_go_in_one_batch_and_are_never_split() {
+        let (started, mut batches) = mpsc::unbounded_channel();
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let group = GroupCommit::spawn(5, 1, Duration::from_millis(20), move |items: Vec<u32>| {
+            started.send(items.clone()).unwrap();
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                items.into_iter().map(|n| n * 10).collect::<Vec<_>>()
+            }
+        });
+        // The first call holds the only slot until released.
+        let first = tokio::spawn({
+            let group = group.clone();
+            async move { group.call(0).await }
+        });
+        assert_eq!(batches.recv().await, Some(vec![0]));
+        // Queued behind it: 1, then the group 2..=4, then the group 5..=7,
+        // which would not fit beside them in a batch of 5, then 8.
+        let mut one = Box::pin(group.call(1));
+        let mut two_to_four = Box::pin(group.call_many(vec![2, 3, 4]));
+        let mut five_to_seven = Box::pin(group.call_many(vec![5, 6, 7]));
+        let mut eight = Box::pin(group.call(8));
+        assert!(futures::poll!(one.as_mut()).is_pending());
+        assert!(futures::poll!(two_to_four.as_mut()).is_pending());
+        assert!(futures::poll!(five_to_seven.as_mut()).is_pending());
+        assert!(futures::poll!(eight.as_mut()).is_pending());
+        assert_eq!(group.call_many(Vec::new()).await, Ok(Vec::new()));
+        release.send(true).unwrap();
+        assert_eq!(first.await.unwrap(), Ok(0));
+        assert_eq!(one.await, Ok(10));
+        assert_eq!(two_to_four.await, Ok(vec![20, 30, 40]));
+        assert_eq!(five_to_seven.await, Ok(vec![50, 60, 70]));
+        assert_eq!(eight.await, Ok(80));
+        assert_eq!(batches.recv().await, Some(vec![1, 2, 3, 4]));
+        assert_eq!(batches.recv().await, Some(vec![5, 6, 7, 8]));
     }
 
     #[tokio::test(start_paused = true)]

@@ -249,12 +249,21 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<pb::CompleteJobsResponse>, Status> {
         use pb::complete_jobs_result::Outcome;
         let completions = convert::completions(request.into_inner(), &self.limits)?;
-        // One statement for the call's completions (they are already a batch).
+        // The call's completions go together into one statement, shared with
+        // concurrent CompleteJob and CompleteJobs calls.
         let outcomes = self
-            .storage
-            .complete_jobs(&completions)
+            .completions
+            .call_many(completions)
             .await
             .map_err(Error::from)?;
+        // Every completion failed on the database (a completion applied would
+        // be a job): nothing of the call was written, and the call fails as a
+        // whole, so that it is retried as one.
+        if let Some(Err(error)) = outcomes.first()
+            && outcomes.iter().all(Result::is_err)
+        {
+            return Err(Error::from(error.shared()).into());
+        }
         let results = outcomes
             .into_iter()
             .map(|outcome| {
