@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::Parser;
 use futures::StreamExt;
 use jobq_client::{
-    ClaimJobs, Completion, EventKind, JobQueueClient, ListJobs, SubmitJob, WatchJobs, WorkerClient,
-    sha256_hex,
+    ClaimJobs, ClaimedJob, Completion, EventKind, JobQueueClient, ListJobs, SubmitJob, WatchJobs,
+    WorkerClient, sha256_hex,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -370,9 +370,8 @@ impl Bench {
     }
 
     /// Workers with a no-op handler drain the queue: batches of ClaimJobs, and
-    /// one CompleteJob per job (`Reports::Each`, latencies per CompleteJob) or
-    /// one CompleteJobs per claimed batch (`Reports::Batched`, latencies per
-    /// CompleteJobs).
+    /// one CompleteJob per job or one CompleteJobs per claimed batch
+    /// (`reports`); a job's latency is its report's call.
     async fn drain(&self, reports: Reports) -> Figures {
         let total = self.size(20_000, 500);
         let have = queued(&self.args.database_url);
@@ -397,41 +396,8 @@ impl Bench {
                         if claimed.is_empty() {
                             break;
                         }
-                        let n = claimed.len();
-                        match reports {
-                            Reports::Each => {
-                                let reports = claimed.into_iter().map(|job| {
-                                    let worker = worker.clone();
-                                    let samples = samples.clone();
-                                    async move {
-                                        let t = Instant::now();
-                                        worker
-                                            .complete_job(
-                                                &job.lease,
-                                                Completion::new(Default::default()),
-                                            )
-                                            .await
-                                            .expect("completed");
-                                        samples.add(t.elapsed());
-                                    }
-                                });
-                                futures::future::join_all(reports).await;
-                            }
-                            Reports::Batched => {
-                                let t = Instant::now();
-                                let outcomes = worker
-                                    .complete_jobs(claimed.iter().map(|job| {
-                                        (&job.lease, Completion::new(Default::default()))
-                                    }))
-                                    .await
-                                    .expect("completed");
-                                samples.add(t.elapsed());
-                                for outcome in outcomes {
-                                    outcome.expect("completed");
-                                }
-                            }
-                        }
-                        done.fetch_add(n as u64, Ordering::Relaxed);
+                        report_done(&worker, &claimed, reports, |_, took| samples.add(took)).await;
+                        done.fetch_add(claimed.len() as u64, Ordering::Relaxed);
                     }
                 })
             })
@@ -497,41 +463,14 @@ impl Bench {
                         let claim = ClaimJobs::new(format!("steady-{i}"), 50)
                             .wait(Duration::from_millis(500));
                         let claimed = worker.claim_jobs(&claim).await.expect("claimed");
-                        let finished = |id: &Uuid| {
-                            let at = submitted.lock().unwrap().remove(id);
+                        report_done(&worker, &claimed, reports, |job, _| {
+                            let at = submitted.lock().unwrap().remove(&job.job.id);
                             if let Some(at) = at {
                                 samples.add(at.elapsed());
                             }
                             completed.fetch_add(1, Ordering::Relaxed);
-                        };
-                        match reports {
-                            Reports::Each => {
-                                let reports = claimed.iter().map(|job| async {
-                                    worker
-                                        .complete_job(
-                                            &job.lease,
-                                            Completion::new(Default::default()),
-                                        )
-                                        .await
-                                        .expect("completed");
-                                    finished(&job.job.id);
-                                });
-                                futures::future::join_all(reports).await;
-                            }
-                            Reports::Batched if claimed.is_empty() => {}
-                            Reports::Batched => {
-                                let outcomes = worker
-                                    .complete_jobs(claimed.iter().map(|job| {
-                                        (&job.lease, Completion::new(Default::default()))
-                                    }))
-                                    .await
-                                    .expect("completed");
-                                for (job, outcome) in claimed.iter().zip(outcomes) {
-                                    outcome.expect("completed");
-                                    finished(&job.job.id);
-                                }
-                            }
-                        }
+                        })
+                        .await;
                     }
                 })
             })
@@ -859,6 +798,47 @@ enum Reports {
     Each,
     /// One CompleteJobs per claimed batch.
     Batched,
+}
+
+/// Reports every job of `claimed` done with a no-op result, as `reports` says,
+/// and calls `done` with each job and how long its report took to answer (its
+/// CompleteJob call, or the CompleteJobs call of the whole batch).
+async fn report_done(
+    worker: &WorkerClient,
+    claimed: &[ClaimedJob],
+    reports: Reports,
+    done: impl Fn(&ClaimedJob, Duration),
+) {
+    match reports {
+        Reports::Each => {
+            let reports = claimed.iter().map(|job| async {
+                let t = Instant::now();
+                worker
+                    .complete_job(&job.lease, Completion::new(Default::default()))
+                    .await
+                    .expect("completed");
+                done(job, t.elapsed());
+            });
+            futures::future::join_all(reports).await;
+        }
+        Reports::Batched if claimed.is_empty() => {}
+        Reports::Batched => {
+            let t = Instant::now();
+            let outcomes = worker
+                .complete_jobs(
+                    claimed
+                        .iter()
+                        .map(|job| (&job.lease, Completion::new(Default::default()))),
+                )
+                .await
+                .expect("completed");
+            let took = t.elapsed();
+            for (job, outcome) in claimed.iter().zip(outcomes) {
+                outcome.expect("completed");
+                done(job, took);
+            }
+        }
+    }
 }
 
 /// The target of a scenario, and whether its figures meet it.

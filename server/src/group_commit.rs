@@ -155,24 +155,43 @@ where
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn answers_each_call_and_batches_what_arrives_together() {
-        let (started, mut sizes) = mpsc::unbounded_channel();
+    /// A group of at most `max_batch` items a batch, one batch at a time,
+    /// whose batches (reported on the channel as they start) hold until the
+    /// gate opens; and a first call, already holding the only slot.
+    async fn held_group(
+        max_batch: usize,
+    ) -> (
+        GroupCommit<u32, u32>,
+        mpsc::UnboundedReceiver<Vec<u32>>,
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<Result<u32, Lost>>,
+    ) {
+        let (started, mut batches) = mpsc::unbounded_channel();
         let (release, gate) = tokio::sync::watch::channel(false);
-        let group = GroupCommit::spawn(8, 1, Duration::from_millis(20), move |items: Vec<u32>| {
-            started.send(items.len()).unwrap();
-            let mut gate = gate.clone();
-            async move {
-                let _ = gate.wait_for(|open| *open).await;
-                items.into_iter().map(|n| n * 10).collect::<Vec<_>>()
-            }
-        });
-        // The first call holds the only slot until released.
+        let group = GroupCommit::spawn(
+            max_batch,
+            1,
+            Duration::from_millis(20),
+            move |items: Vec<u32>| {
+                started.send(items.clone()).unwrap();
+                let mut gate = gate.clone();
+                async move {
+                    let _ = gate.wait_for(|open| *open).await;
+                    items.into_iter().map(|n| n * 10).collect::<Vec<_>>()
+                }
+            },
+        );
         let first = tokio::spawn({
             let group = group.clone();
             async move { group.call(0).await }
         });
-        assert_eq!(sizes.recv().await, Some(1));
+        assert_eq!(batches.recv().await, Some(vec![0]));
+        (group, batches, release, first)
+    }
+
+    #[tokio::test]
+    async fn answers_each_call_and_batches_what_arrives_together() {
+        let (group, mut batches, release, first) = held_group(8).await;
         // The other 19 queue behind it: a call is queued when first polled.
         let mut rest: Vec<_> = (1..20).map(|n| Box::pin(group.call(n))).collect();
         for call in &mut rest {
@@ -184,28 +203,16 @@ mod tests {
         assert_eq!(answers, (1..20).map(|n| Ok(n * 10)).collect::<Vec<_>>());
         // Then the 19 queued calls in batches of at most 8.
         for expected in [8, 8, 3] {
-            assert_eq!(sizes.recv().await, Some(expected));
+            assert_eq!(
+                batches.recv().await.map(|batch| batch.len()),
+                Some(expected)
+            );
         }
     }
 
     #[tokio::test]
     async fn a_callers_items_go_in_one_batch_and_are_never_split() {
-        let (started, mut batches) = mpsc::unbounded_channel();
-        let (release, gate) = tokio::sync::watch::channel(false);
-        let group = GroupCommit::spawn(5, 1, Duration::from_millis(20), move |items: Vec<u32>| {
-            started.send(items.clone()).unwrap();
-            let mut gate = gate.clone();
-            async move {
-                let _ = gate.wait_for(|open| *open).await;
-                items.into_iter().map(|n| n * 10).collect::<Vec<_>>()
-            }
-        });
-        // The first call holds the only slot until released.
-        let first = tokio::spawn({
-            let group = group.clone();
-            async move { group.call(0).await }
-        });
-        assert_eq!(batches.recv().await, Some(vec![0]));
+        let (group, mut batches, release, first) = held_group(5).await;
         // Queued behind it: 1, then the group 2..=4, then the group 5..=7,
         // which would not fit beside them in a batch of 5, then 8.
         let mut one = Box::pin(group.call(1));
