@@ -340,8 +340,10 @@ impl WorkerClient {
     /// For the whole call, with nothing written: [`Error::InvalidArgument`]
     /// naming the bad field of any completion (`completions[2].confidence`), or
     /// `completions` when there are none or more than 100, or a job's second
-    /// completion; [`Error::Unavailable`] (calling again is safe: what had
-    /// landed is then refused with [`Error::InvalidStatus`]).
+    /// completion; [`Error::Unavailable`] when the server applied none of them
+    /// (one it could not apply while applying others is that outcome's
+    /// [`Error::Unavailable`]). Calling again is safe: what had landed is then
+    /// refused with [`Error::InvalidStatus`].
     pub async fn complete_jobs<'a>(
         &self,
         completions: impl IntoIterator<Item = (&'a Lease, Completion)>,
