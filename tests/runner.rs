@@ -145,6 +145,86 @@ async fn a_thousand_jobs_each_handled_and_reported_once() {
     server.stop().await;
 }
 
+/// Jobs that finish together are reported together (CompleteJobs), and a
+/// completion the server refuses (here a confidence above 1) costs only its own
+/// job: the call that carried it is refused as a whole, and the runner then
+/// sends each of its completions alone. The refused one is failed with the
+/// server's reason rather than left for its lease to expire and run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_completion_costs_only_its_own_job() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let user = Uuid::new_v4();
+    submit(&client, user, 60).await;
+
+    let calls = Calls::default();
+    let handler_calls = calls.clone();
+    let done = calls.reached.clone();
+    let report = Worker::builder(client.worker())
+        .worker_id("batching-runner")
+        .concurrency(60)
+        .run(
+            move |job: JobContext| {
+                let calls = handler_calls.clone();
+                async move {
+                    calls.record(job.job.id, 60);
+                    let completion = menu(&job);
+                    // Returns at once, so the 60 completions queue up together.
+                    if job.job.image_url.ends_with("/13.jpg") {
+                        return Ok::<_, String>(completion.confidence(2.0));
+                    }
+                    Ok(completion)
+                }
+            },
+            async move { done.notified().await },
+        )
+        .await
+        .expect("the run ends cleanly");
+
+    assert_eq!(
+        report,
+        WorkerReport {
+            claimed: 60,
+            completed: 59,
+            failed: 1,
+            ..WorkerReport::default()
+        }
+    );
+    // 59 completed with their own results; the refused one failed, saying why,
+    // after one attempt, with no result.
+    type Row = (
+        String,
+        String,
+        Option<serde_json::Value>,
+        Option<String>,
+        i32,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT image_url, status, result, error_message, attempt
+             FROM menu_extraction_jobs ORDER BY image_url",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 60);
+    for (url, status, result, error_message, attempt) in rows {
+        assert_eq!(attempt, 1, "{url}");
+        if url.ends_with("/13.jpg") {
+            assert_eq!((status.as_str(), result), ("failed", None));
+            let error_message = error_message.unwrap();
+            assert!(
+                error_message.starts_with("the server refused the handler's completion: ")
+                    && error_message.contains("confidence"),
+                "{error_message}"
+            );
+        } else {
+            assert_eq!(status, "completed", "{url}");
+            assert_eq!(result.unwrap()["photo"], url.as_str());
+        }
+    }
+    server.stop().await;
+}
+
 /// Shutdown stops claiming, lets running handlers finish, and leaves nothing
 /// PROCESSING; a handler that outlives the grace period is told to stop and its
 /// job is failed with a message saying why.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::Parser;
 use futures::StreamExt;
 use jobq_client::{
-    ClaimJobs, ClaimedJob, Completion, EventKind, JobQueueClient, ListJobs, SubmitJob, WatchJobs,
-    WorkerClient, sha256_hex,
+    ClaimJobs, ClaimedJob, Completion, EventKind, JobContext, JobQueueClient, ListJobs, SubmitJob,
+    WatchJobs, Worker, WorkerClient, sha256_hex,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -43,9 +43,8 @@ struct Args {
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
     /// Only these scenarios (comma-separated: submit, drain, steady, pickup,
-    /// fan-out, scale; drain-each, drain-batched, steady-each or
-    /// steady-batched for one of the two rows of drain or steady); default
-    /// all.
+    /// fan-out, scale; drain-each, drain-batched, drain-runner, steady-each
+    /// or steady-batched for one row of drain or steady); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -371,8 +370,9 @@ impl Bench {
 
     /// Workers with a no-op handler drain the queue: batches of ClaimJobs, and
     /// one CompleteJob per job or one CompleteJobs per claimed batch
-    /// (`reports`); a job's latency is its report's call.
-    async fn drain(&self, reports: Reports) -> Figures {
+    /// (`Drainers::Loops`; a job's latency is its report's call), or the
+    /// client crate's runner (no latencies: the runner reports for itself).
+    async fn drain(&self, drainers: Drainers) -> Figures {
         let total = self.size(20_000, 500);
         let have = queued(&self.args.database_url);
         if have < total {
@@ -384,29 +384,35 @@ impl Bench {
         let samples = Samples::default();
         let done = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
-        let workers: Vec<_> = (0..8)
-            .map(|i| {
-                let worker = self.worker(i);
-                let samples = samples.clone();
-                let done = done.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let claim = ClaimJobs::new(format!("drain-{i}"), 100);
-                        let claimed = worker.claim_jobs(&claim).await.expect("claimed");
-                        if claimed.is_empty() {
-                            break;
+        if let Drainers::Loops(reports) = drainers {
+            let workers: Vec<_> = (0..8)
+                .map(|i| {
+                    let worker = self.worker(i);
+                    let samples = samples.clone();
+                    let done = done.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let claim = ClaimJobs::new(format!("drain-{i}"), 100);
+                            let claimed = worker.claim_jobs(&claim).await.expect("claimed");
+                            if claimed.is_empty() {
+                                break;
+                            }
+                            report_done(&worker, &claimed, reports, |_, took| samples.add(took))
+                                .await;
+                            done.fetch_add(claimed.len() as u64, Ordering::Relaxed);
                         }
-                        report_done(&worker, &claimed, reports, |_, took| samples.add(took)).await;
-                        done.fetch_add(claimed.len() as u64, Ordering::Relaxed);
-                    }
+                    })
                 })
-            })
-            .collect();
-        futures::future::join_all(workers).await;
+                .collect();
+            futures::future::join_all(workers).await;
+        } else {
+            done.store(self.drain_with_runners(total).await, Ordering::Relaxed);
+        }
         let mut figures = Figures {
-            name: match reports {
-                Reports::Each => "drain",
-                Reports::Batched => "drain, CompleteJobs",
+            name: match drainers {
+                Drainers::Loops(Reports::Each) => "drain",
+                Drainers::Loops(Reports::Batched) => "drain, CompleteJobs",
+                Drainers::Runner => "drain, Worker runner",
             },
             operations: done.load(Ordering::Relaxed),
             seconds: started.elapsed().as_secs_f64(),
@@ -416,6 +422,46 @@ impl Bench {
         figures.notes.insert("queued_at_start".into(), total.into());
         meter.finish(&mut figures);
         figures
+    }
+
+    /// Drains `total` queued jobs with the client crate's [`Worker`] runner,
+    /// as a user would: eight runners of 100 handlers each, a no-op handler,
+    /// claims that do not wait (so the last runners stop as soon as the queue
+    /// is empty). Returns how many jobs the runners reported completed.
+    async fn drain_with_runners(&self, total: u64) -> u64 {
+        let handled = Arc::new(AtomicU64::new(0));
+        let (all_handled, handled_all) = tokio::sync::watch::channel(false);
+        let all_handled = Arc::new(all_handled);
+        let runners: Vec<_> = (0..8)
+            .map(|i| {
+                let (handled, all_handled) = (handled.clone(), all_handled.clone());
+                let mut handled_all = handled_all.clone();
+                let runner = Worker::builder(self.worker(i))
+                    .worker_id(format!("drain-{i}"))
+                    .concurrency(100)
+                    .claim_wait(Duration::ZERO)
+                    .run(
+                        move |_job: JobContext| {
+                            if handled.fetch_add(1, Ordering::Relaxed) + 1 >= total {
+                                all_handled.send_replace(true);
+                            }
+                            async { Ok::<_, String>(Completion::new(Default::default())) }
+                        },
+                        async move {
+                            let _ = handled_all.wait_for(|all| *all).await;
+                        },
+                    );
+                tokio::spawn(runner)
+            })
+            .collect();
+        let mut completed = 0;
+        for runner in futures::future::join_all(runners).await {
+            completed += runner
+                .expect("the runner ran")
+                .expect("the runner ended cleanly")
+                .completed;
+        }
+        completed
     }
 
     /// Submitting and draining at once; latency from a submission's answer to
@@ -791,6 +837,15 @@ fn ms(value: f64) -> String {
     }
 }
 
+/// Who drains the queue in the drain scenario.
+#[derive(Debug, Clone, Copy)]
+enum Drainers {
+    /// The benchmark's own claim-and-report loops.
+    Loops(Reports),
+    /// The client crate's `Worker` runner, as a user would run it.
+    Runner,
+}
+
 /// How the workers of drain and steady report what they finished.
 #[derive(Debug, Clone, Copy)]
 enum Reports {
@@ -850,7 +905,9 @@ fn verdict(figures: &Figures, baseline: f64, all: &[Figures]) -> (String, String
             "≥ 0.5x pgbench, p99 ≤ 20 ms".to_owned(),
             ratio >= 0.5 && p99 <= 20.0,
         ),
-        "drain" | "drain, CompleteJobs" => ("≥ 1.5x pgbench".to_owned(), ratio >= 1.5),
+        "drain" | "drain, CompleteJobs" | "drain, Worker runner" => {
+            ("≥ 1.5x pgbench".to_owned(), ratio >= 1.5)
+        }
         "steady" | "steady, CompleteJobs" => (
             "≥ 0.5x pgbench, p99 ≤ 50 ms".to_owned(),
             ratio >= 0.5 && p99 <= 50.0,
@@ -894,7 +951,12 @@ fn verdict(figures: &Figures, baseline: f64, all: &[Figures]) -> (String, String
         _ => (String::new(), true),
     };
     let ratio = match figures.name {
-        "submit" | "drain" | "drain, CompleteJobs" | "steady" | "steady, CompleteJobs" => {
+        "submit"
+        | "drain"
+        | "drain, CompleteJobs"
+        | "drain, Worker runner"
+        | "steady"
+        | "steady, CompleteJobs" => {
             format!("{ratio:.2}x")
         }
         _ => "-".to_owned(),
@@ -934,11 +996,15 @@ async fn main() {
     }
     if wanted("drain") || wanted("drain-each") {
         bench.settle();
-        all.push(bench.drain(Reports::Each).await);
+        all.push(bench.drain(Drainers::Loops(Reports::Each)).await);
     }
     if wanted("drain") || wanted("drain-batched") {
         bench.settle();
-        all.push(bench.drain(Reports::Batched).await);
+        all.push(bench.drain(Drainers::Loops(Reports::Batched)).await);
+    }
+    if wanted("drain") || wanted("drain-runner") {
+        bench.settle();
+        all.push(bench.drain(Drainers::Runner).await);
     }
     if wanted("steady") || wanted("steady-each") {
         bench.settle();

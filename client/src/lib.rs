@@ -5,6 +5,7 @@ mod admin;
 mod connect;
 mod error;
 mod job;
+mod reporter;
 mod runner;
 mod watch;
 mod worker;

@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::reporter::Reporter;
 use crate::{ClaimJobs, ClaimedJob, Completion, Error, Job, JobStatus, Lease, WorkerClient};
 
 /// How long shutdown waits for a claim in flight to return.
@@ -212,7 +213,14 @@ impl WorkerBuilder {
     /// handler slots, long-polling when the queue is empty), runs `handler` on
     /// each, renews each lease every third of its length, and reports each job
     /// once: COMPLETED with the handler's [`Completion`], or FAILED with its
-    /// error's text (or the panic's). A job whose owner cancels it has its
+    /// error's text (or the panic's), or FAILED with the server's reason when
+    /// it refuses the completion as bad input (a confidence above 1, say: it
+    /// would be refused again however often the job ran). Completions of jobs that finish while
+    /// another completion is on its way are sent together in one CompleteJobs
+    /// call (up to 100, and 1 MiB), each with its own outcome; should the
+    /// server refuse such a call as a whole (a bad field in one completion,
+    /// say), each is sent again alone, so only the bad one is refused.
+    /// A job whose owner cancels it has its
     /// [`JobContext::cancelled`] resolve, and settles as CANCELLED when reported.
     ///
     /// On shutdown it claims no more. A claim in flight gets half a second to
@@ -241,6 +249,7 @@ impl WorkerBuilder {
         E: Display + Send + 'static,
     {
         let handler = Arc::new(handler);
+        let reporter = Reporter::spawn(self.client.clone());
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let (give_up, gave_up) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -307,7 +316,8 @@ impl WorkerBuilder {
                                 .await
                                 .expect("the semaphore is never closed"),
                         };
-                        let job = self.job(claimed, handler.clone(), gave_up.clone());
+                        let job =
+                            self.job(claimed, handler.clone(), reporter.clone(), gave_up.clone());
                         tasks.spawn(async move {
                             let outcome = job.await;
                             drop(permit);
@@ -359,6 +369,7 @@ impl WorkerBuilder {
         &self,
         claimed: ClaimedJob,
         handler: Arc<H>,
+        reporter: Reporter,
         mut gave_up: watch::Receiver<bool>,
     ) -> impl Future<Output = Outcome> + Send + 'static
     where
@@ -420,7 +431,16 @@ impl WorkerBuilder {
                     }
                 }
             };
-            let reported = report(&client, &lease, expires_at, message).await;
+            let completed = message.is_ok();
+            let mut reported = report(&client, &reporter, &lease, expires_at, message).await;
+            // A completion the server refuses as bad input (a confidence above
+            // 1, say) would be refused again however often the job ran: the
+            // job fails with the server's reason, instead of waiting for its
+            // lease to expire and running its handler again.
+            if completed && let Err(refused @ Error::InvalidArgument { .. }) = &reported {
+                let why = format!("the server refused the handler's completion: {refused}");
+                reported = report(&client, &reporter, &lease, expires_at, Err(why)).await;
+            }
             match reported {
                 Ok(job) => Outcome::Reported(job.status, ended),
                 Err(Error::LeaseLost) => Outcome::LeaseLost,
@@ -435,10 +455,12 @@ impl WorkerBuilder {
     }
 }
 
-/// Reports the job, trying again while the server is unreachable for as long as
-/// the lease lasts (after that the job is not this worker's to report).
+/// Reports the job (a completion together with those of other jobs that finish
+/// meanwhile), trying again while the server is unreachable for as long as the
+/// lease lasts (after that the job is not this worker's to report).
 async fn report(
     client: &WorkerClient,
+    reporter: &Reporter,
     lease: &Lease,
     expires_at: std::time::SystemTime,
     outcome: Result<Completion, String>,
@@ -447,7 +469,13 @@ async fn report(
     let mut failures = 0;
     loop {
         let reported = match &outcome {
-            Ok(completion) => client.complete_job(lease, completion.clone()).await,
+            Ok(completion) => match reporter
+                .complete(completion.clone().into_request(lease))
+                .await
+            {
+                Some(reported) => reported,
+                None => client.complete_job(lease, completion.clone()).await,
+            },
             Err(text) => client.fail_job(lease, text.clone()).await,
         };
         match reported {

@@ -176,7 +176,7 @@ impl Completion {
         self
     }
 
-    fn into_request(self, lease: &Lease) -> pb::CompleteJobRequest {
+    pub(crate) fn into_request(self, lease: &Lease) -> pb::CompleteJobRequest {
         let Self {
             result,
             token_usage,
@@ -304,7 +304,14 @@ impl WorkerClient {
     /// attempt landed); [`Error::InvalidArgument`] for an oversize or malformed
     /// document.
     pub async fn complete_job(&self, lease: &Lease, completion: Completion) -> Result<Job, Error> {
-        let message = completion.into_request(lease);
+        self.complete_request(completion.into_request(lease)).await
+    }
+
+    /// [`WorkerClient::complete_job`] of a request already built.
+    pub(crate) async fn complete_request(
+        &self,
+        message: pb::CompleteJobRequest,
+    ) -> Result<Job, Error> {
         let response = unary!(
             self.connection,
             Idempotence::Safe,
@@ -348,12 +355,21 @@ impl WorkerClient {
         &self,
         completions: impl IntoIterator<Item = (&'a Lease, Completion)>,
     ) -> Result<Vec<Result<Job, Error>>, Error> {
-        let message = pb::CompleteJobsRequest {
-            completions: completions
+        self.complete_requests(
+            completions
                 .into_iter()
                 .map(|(lease, completion)| completion.into_request(lease))
                 .collect(),
-        };
+        )
+        .await
+    }
+
+    /// [`WorkerClient::complete_jobs`] of requests already built.
+    pub(crate) async fn complete_requests(
+        &self,
+        completions: Vec<pb::CompleteJobRequest>,
+    ) -> Result<Vec<Result<Job, Error>>, Error> {
+        let message = pb::CompleteJobsRequest { completions };
         let sent = message.completions.len();
         let response = unary!(
             self.connection,
