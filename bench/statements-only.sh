@@ -35,14 +35,7 @@ VALUES (gen_random_uuid(), gen_random_uuid(), 'https://bench.example/pgbench.jpg
 SQL
 cat > "$work/drain.sql" <<'SQL'
 \set w random(1, 1000000000)
-WITH picked AS (
-    SELECT id FROM menu_extraction_jobs WHERE status = 'queued'
-    ORDER BY created_at, id LIMIT 100 FOR UPDATE SKIP LOCKED)
-UPDATE menu_extraction_jobs AS j
-SET status = 'processing', started_at = now(), attempt = j.attempt + 1, worker_id = (:w)::text,
-    lease_id = gen_random_uuid(), lease_duration_ms = 60000, lease_expires_at = now() + interval '60 s',
-    version = nextval('menu_extraction_jobs_version_seq'), updated_at = now(), changed_xid = pg_current_xact_id()
-FROM picked WHERE j.id = picked.id;
+SELECT count(*) FROM jobq_claim(array_fill(0, ARRAY[100]), ARRAY[(:w)::text], ARRAY[60000::bigint]);
 UPDATE menu_extraction_jobs
 SET status = 'completed', result = '{}'::jsonb, completed_at = now(), processing_time = 1,
     lease_expires_at = NULL,

@@ -157,11 +157,12 @@ impl TestServer {
             let looked: Option<String> = sqlx::query_scalar(
                 "SELECT max(query_start)::text FROM pg_stat_activity
                  WHERE datname = $1 AND application_name = 'jobq-server' AND state = 'idle'
-                   AND query LIKE 'WITH picked%'
+                   AND query = $3
                    AND ($2::timestamptz IS NULL OR query_start > $2::timestamptz)",
             )
             .bind(&self.db.name)
             .bind(after)
+            .bind(jobq_server::storage::leases::CLAIM)
             .fetch_one(&self.pool)
             .await
             .expect("pg_stat_activity");

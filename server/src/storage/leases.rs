@@ -68,40 +68,19 @@ macro_rules! claimed_columns {
 /// slot, in the order slots are filled; `$2` and `$3` each caller's worker id
 /// and lease length in milliseconds.
 ///
-/// Its plan must walk the queue index in order and stop after the slots, for
-/// whatever the statistics say: a bitmap scan would read every queued job
-/// and sort them all to take the oldest few, which is what Postgres chose
-/// when the statistics were taken before a backlog built up (39 ms to claim
-/// 100 of 20,000 queued jobs, against 1.5 ms). The server's connections have
-/// bitmap scans off (see [`super::PLANNER_SETTINGS`]).
+/// The claim itself is the function `jobq_claim` (migration 0010), whose plan
+/// is made once per connection and is the same whatever the statistics say:
+/// the queue index walked in order and stopped after the slots (a bitmap scan
+/// would read every queued job and sort them all to take the oldest few, 39 ms
+/// to claim 100 of 20,000 against 1.5), and each locked job updated where it
+/// lies (a TID scan). Planning it at every execution was a third of a one-job
+/// claim, which is most of a parked worker's pickup; the migration says why no
+/// other plan can be chosen.
 #[doc(hidden)]
 pub const CLAIM: &str = concat!(
-    "WITH picked AS (
-         SELECT id AS picked_id, row_number() OVER (ORDER BY created_at, id) AS slot
-         FROM (SELECT id, created_at FROM menu_extraction_jobs
-               WHERE status = 'queued'
-               ORDER BY created_at, id
-               LIMIT cardinality($1::int[])
-               FOR UPDATE SKIP LOCKED) AS oldest
-     ),
-     dealt AS (
-         SELECT picked_id, ($1::int[])[slot] AS caller FROM picked
-     )
-     UPDATE menu_extraction_jobs AS j
-     SET status = 'processing',
-         started_at = now(),
-         attempt = j.attempt + 1,
-         worker_id = ($2::text[])[dealt.caller + 1],
-         lease_id = gen_random_uuid(),
-         lease_duration_ms = ($3::bigint[])[dealt.caller + 1],
-         lease_expires_at = now() + ($3::bigint[])[dealt.caller + 1] * INTERVAL '1 millisecond',
-         ",
-    touched!(),
-    "
-     FROM dealt
-     WHERE j.id = dealt.picked_id
-     RETURNING dealt.caller, ",
-    claimed_columns!()
+    "SELECT caller, ",
+    claimed_columns!(),
+    " FROM jobq_claim($1, $2, $3)"
 );
 
 impl Storage {
