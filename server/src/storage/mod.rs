@@ -139,7 +139,8 @@ impl From<sqlx::Error> for StorageError {
 ///
 /// - Every statement is planned for the values it runs with
 ///   (`plan_cache_mode`, see [`Storage::open`]); a submission transaction sets
-///   its own (see [`usage::SUBMISSION_PLANNING`]).
+///   its own (see [`usage::SUBMISSION_PLANNING`]), and so does the claim
+///   function (see [`leases::CLAIM`]).
 /// - No bitmap scans. jobq's reads that may match many rows are ordered and
 ///   limited (claims, ListJobs pages, lease expiry), and must walk an index in
 ///   order and stop; a bitmap scan reads every match first and then sorts
@@ -168,10 +169,11 @@ impl Storage {
         // for every value (Postgres's generic plan) is made from the table's
         // statistics at the time: made while the table was small, a claim's
         // generic plan was a sequential scan, kept until the next ANALYZE while
-        // the table grew. Planning costs 0.1 ms for a claim and less for the
-        // rest; statements are still parsed only once per connection. A
-        // submission transaction sets its own planning (see
-        // usage::SUBMISSION_PLANNING).
+        // the table grew. Statements are still parsed only once per
+        // connection. A submission transaction and the claim function
+        // (migration 0010) set their own planning, with statements written so
+        // that no statistics can make their plans bad (see
+        // usage::SUBMISSION_PLANNING and leases::CLAIM).
         let options = PgConnectOptions::from_str(database_url)?
             .application_name("jobq-server")
             .options(PLANNER_SETTINGS);
