@@ -4,6 +4,8 @@
 //! needs no live database; the end-to-end tests cover each statement.
 
 /// The columns of [`Job`], in one place for every statement that returns jobs.
+/// The claim function `jobq_claim` (migration 0010) returns them too, and
+/// lists them itself in SQL: a column added here must be added there.
 macro_rules! job_columns {
     () => {
         "id, user_id, image_url, image_hash, status, schema_version, prompt_version, \
@@ -17,6 +19,7 @@ macro_rules! job_columns {
 /// statement itself: a new version, the time, and the transaction, exactly as
 /// the version trigger would set them (migration 0009 runs the trigger only
 /// for writes that leave `version` alone, and so skips it for these).
+/// `jobq_claim` (migration 0010) writes the same three in SQL.
 macro_rules! touched {
     () => {
         "version = nextval('menu_extraction_jobs_version_seq'), updated_at = now(), \
