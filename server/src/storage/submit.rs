@@ -271,7 +271,27 @@ impl Storage {
     }
 }
 
-/// SubmitJob's lookup (see [`lookup`]); public for the test of its plan made
+/// The value the submission indexes are keyed on (migration 0011), for a row of
+/// the jobs table. The lookup and the insert's `ON CONFLICT` compare it rather
+/// than the four columns, so that no other index (the user's
+/// `(user_id, created_at, id)`, a legacy `user_id` index) can answer them,
+/// whatever the statistics their plan was made from.
+macro_rules! submission_key {
+    () => {
+        "ROW(user_id, image_hash, schema_version, prompt_version)::jobq_submission_key"
+    };
+}
+
+/// The predicate of `menu_extraction_jobs_live_submission`: a live job that
+/// deduplicates (a legacy row without a hash does not).
+macro_rules! live_submission {
+    () => {
+        "status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt \
+         AND image_hash IS NOT NULL"
+    };
+}
+
+/// SubmitJob's lookup (see [`lookup`]); public for the tests of its plans made
 /// on an empty table. Parameters: `$1` the batch's users; `$2..$4` each
 /// submission with a `request_id` (its index, user and request id); `$5..$9`
 /// each submission without `force` (its index, user, hash, schema and prompt
@@ -280,7 +300,8 @@ impl Storage {
 /// statistics: each subquery per submission ends in LIMIT, which keeps it a
 /// lateral lookup by index for that submission's values, never a join the
 /// planner could turn inside out (scanning an index of every job once for the
-/// batch, which is what a plan made on an empty table chose).
+/// batch, which is what a plan made on an empty table chose), and each names
+/// its index's key as one value (see `submission_key!`).
 #[doc(hidden)]
 pub const LOOKUP: &str = concat!(
     "WITH ",
@@ -293,15 +314,20 @@ pub const LOOKUP: &str = concat!(
                  SELECT ",
     job_columns!(),
     " FROM menu_extraction_jobs
-                 WHERE user_id = q.user_id AND submit_request_id = q.request_id
+                 WHERE ROW(user_id, submit_request_id)::jobq_request_key
+                           = ROW(q.user_id, q.request_id)::jobq_request_key
+                   AND submit_request_id IS NOT NULL
                  -- At most one (a unique index): the limit keeps the subquery
                  -- a lookup per submission (see LOOKUP).
                  LIMIT 1
              ) AS j
              UNION ALL
              SELECT q.item, false, j.*
-             FROM unnest($5::int[], $6::uuid[], $7::text[], $8::text[], $9::text[])
-                  AS q(item, user_id, image_hash, schema_version, prompt_version)
+             FROM (SELECT item, ",
+    submission_key!(),
+    " AS key
+                   FROM unnest($5::int[], $6::uuid[], $7::text[], $8::text[], $9::text[])
+                        AS s(item, user_id, image_hash, schema_version, prompt_version)) AS q
              CROSS JOIN LATERAL (
                  -- The one live job not exempt from deduplication (found by the
                  -- unique index), and the newest exempt one (by the exempt
@@ -310,15 +336,18 @@ pub const LOOKUP: &str = concat!(
                      (SELECT ",
     job_columns!(),
     " FROM menu_extraction_jobs
-                      WHERE user_id = q.user_id AND image_hash = q.image_hash
-                        AND schema_version = q.schema_version AND prompt_version = q.prompt_version
-                        AND status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt)
+                      WHERE ",
+    submission_key!(),
+    " = q.key AND ",
+    live_submission!(),
+    ")
                      UNION ALL
                      (SELECT ",
     job_columns!(),
     " FROM menu_extraction_jobs
-                      WHERE user_id = q.user_id AND image_hash = q.image_hash
-                        AND schema_version = q.schema_version AND prompt_version = q.prompt_version
+                      WHERE ",
+    submission_key!(),
+    " = q.key
                         AND status IN ('queued', 'processing', 'completed') AND dedup_exempt
                       ORDER BY created_at DESC, id DESC
                       LIMIT 1)
@@ -446,9 +475,11 @@ async fn insert(
               AS q(id, user_id, image_url, image_hash, schema_version, prompt_version, forced,
                    request_id, n)
          ORDER BY n
-         ON CONFLICT (user_id, image_hash, schema_version, prompt_version)
-             WHERE status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt
-             DO NOTHING
+         ON CONFLICT ((",
+        submission_key!(),
+        ")) WHERE ",
+        live_submission!(),
+        " DO NOTHING
          RETURNING ",
         job_columns!()
     ))
