@@ -326,16 +326,15 @@ async fn the_queries_use_their_indexes() {
     // SubmitJob's lookup: the live job not exempt from deduplication by the
     // unique index, the newest exempt one by the exempt jobs' index.
     let key = format!(
-        "ROW(user_id, image_hash, schema_version, prompt_version)::jobq_submission_key
-             = ROW({user}, encode(sha256('7'::bytea), 'hex'), 'stage1', 'v1.0')::jobq_submission_key
+        "jobq_submission_key(user_id, image_hash, schema_version, prompt_version)
+             = jobq_submission_key({user}, encode(sha256('7'::bytea), 'hex'), 'stage1', 'v1.0')
          AND status IN ('queued', 'processing', 'completed')"
     );
     let dedup = plan(
         &server.pool,
         &format!(
             "SELECT * FROM (
-                 (SELECT * FROM menu_extraction_jobs
-                  WHERE {key} AND NOT dedup_exempt AND image_hash IS NOT NULL)
+                 (SELECT * FROM menu_extraction_jobs WHERE {key} AND NOT dedup_exempt)
                  UNION ALL
                  (SELECT * FROM menu_extraction_jobs WHERE {key} AND dedup_exempt
                   ORDER BY created_at DESC, id DESC LIMIT 1)
@@ -653,6 +652,62 @@ async fn a_submission_lookup_reads_only_what_it_finds_however_many_jobs_its_user
         );
         sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
     }
+    server.stop().await;
+}
+
+/// The submission indexes are keyed on byte strings made from their columns
+/// (migration 0011): two jobs share a key exactly when they share every
+/// column, whatever the columns hold, and a job without a hash (a legacy
+/// writer's) is never a duplicate.
+#[tokio::test]
+async fn submission_keys_tell_apart_exactly_what_their_columns_do() {
+    let server = TestServer::start().await;
+    let user = Uuid::new_v4();
+    let insert = |schema: &'static str, prompt: &'static str, hash: Option<String>| {
+        sqlx::query(
+            "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash, schema_version, prompt_version)
+             VALUES ($1, 'https://x/1', $2, $3, $4)",
+        )
+        .bind(user)
+        .bind(hash)
+        .bind(schema)
+        .bind(prompt)
+        .execute(&server.pool)
+    };
+    // Distinct submissions whose columns would run together if joined.
+    let distinct = [
+        ("a", "bc"),
+        ("ab", "c"),
+        ("a\\", "b"),
+        ("a", "\\b"),
+        ("a\\0", "b"),
+        ("a", "0b"),
+    ];
+    for (schema, prompt) in distinct {
+        insert(schema, prompt, Some(sha(1))).await.unwrap();
+    }
+    // The same again: each is refused by the live submission index.
+    for (schema, prompt) in distinct {
+        let refused = insert(schema, prompt, Some(sha(1))).await.unwrap_err();
+        assert_eq!(
+            refused.as_database_error().unwrap().constraint(),
+            Some("menu_extraction_jobs_live_submission"),
+            "{schema:?} {prompt:?}"
+        );
+    }
+    // Jobs without a hash never collide.
+    insert("a", "bc", None).await.unwrap();
+    insert("a", "bc", None).await.unwrap();
+    // And the same photo and versions for another user is another submission.
+    sqlx::query(
+        "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash, schema_version, prompt_version)
+         VALUES ($1, 'https://x/1', $2, 'a', 'bc')",
+    )
+    .bind(Uuid::new_v4())
+    .bind(sha(1))
+    .execute(&server.pool)
+    .await
+    .unwrap();
     server.stop().await;
 }
 

@@ -278,16 +278,15 @@ impl Storage {
 /// whatever the statistics their plan was made from.
 macro_rules! submission_key {
     () => {
-        "ROW(user_id, image_hash, schema_version, prompt_version)::jobq_submission_key"
+        "jobq_submission_key(user_id, image_hash, schema_version, prompt_version)"
     };
 }
 
 /// The predicate of `menu_extraction_jobs_live_submission`: a live job that
-/// deduplicates (a legacy row without a hash does not).
+/// deduplicates.
 macro_rules! live_submission {
     () => {
-        "status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt \
-         AND image_hash IS NOT NULL"
+        "status IN ('queued', 'processing', 'completed') AND NOT dedup_exempt"
     };
 }
 
@@ -314,8 +313,8 @@ pub const LOOKUP: &str = concat!(
                  SELECT ",
     job_columns!(),
     " FROM menu_extraction_jobs
-                 WHERE ROW(user_id, submit_request_id)::jobq_request_key
-                           = ROW(q.user_id, q.request_id)::jobq_request_key
+                 WHERE jobq_request_key(user_id, submit_request_id)
+                           = jobq_request_key(q.user_id, q.request_id)
                    AND submit_request_id IS NOT NULL
                  -- At most one (a unique index): the limit keeps the subquery
                  -- a lookup per submission (see LOOKUP).
