@@ -544,6 +544,22 @@ async fn submission_plans_made_on_an_empty_table_still_read_only_what_they_look_
     server.stop().await;
 }
 
+/// A new connection to the server's database that plans as the server's
+/// pooled connections do (its plans are made by its own first executions).
+async fn server_like_connection(server: &TestServer) -> sqlx::PgConnection {
+    use jobq_server::storage::PLANNER_SETTINGS;
+    use sqlx::ConnectOptions;
+    server
+        .db
+        .url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .options(PLANNER_SETTINGS)
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// A submission transaction's generic plan made while the statistics say the
 /// table is empty but it holds a few rows could tie the unique submission
 /// index with the user's (user_id, created_at, id) index, both reached by
@@ -555,10 +571,9 @@ async fn submission_plans_made_on_an_empty_table_still_read_only_what_they_look_
 /// 3,000 jobs and nothing analyzes: each lookup reads only what it returns.
 #[tokio::test]
 async fn a_submission_lookup_reads_only_what_it_finds_however_many_jobs_its_user_has() {
-    use jobq_server::storage::PLANNER_SETTINGS;
     use jobq_server::storage::submit::LOOKUP;
     use jobq_server::storage::usage::SUBMISSION_PLANNING;
-    use sqlx::{ConnectOptions, Row};
+    use sqlx::Row;
     let server = TestServer::start().await;
     let user = Uuid::new_v4();
     let (request, photo) = (Uuid::new_v4(), sha(7));
@@ -583,15 +598,7 @@ async fn a_submission_lookup_reads_only_what_it_finds_however_many_jobs_its_user
         .unwrap();
         // A new connection, planning as a submission transaction does: the
         // plan is made by the first execution, here.
-        let mut conn = server
-            .db
-            .url
-            .parse::<sqlx::postgres::PgConnectOptions>()
-            .unwrap()
-            .options(PLANNER_SETTINGS)
-            .connect()
-            .await
-            .unwrap();
+        let mut conn = server_like_connection(&server).await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "BEGIN; {SUBMISSION_PLANNING};
              PREPARE lookup(uuid[], int[], uuid[], uuid[], int[], uuid[], text[], text[], text[]) AS {LOOKUP};
@@ -722,9 +729,8 @@ async fn submission_keys_tell_apart_exactly_what_their_columns_do() {
 /// for any plan that reads no more.
 #[tokio::test]
 async fn a_claim_reads_the_jobs_it_claims_whatever_the_statistics_say() {
-    use jobq_server::storage::PLANNER_SETTINGS;
     use jobq_server::storage::leases::CLAIM;
-    use sqlx::{ConnectOptions, Connection};
+    use sqlx::Connection;
     let server = TestServer::start().await;
     sqlx::raw_sql("ANALYZE menu_extraction_jobs")
         .execute(&server.pool)
@@ -732,15 +738,7 @@ async fn a_claim_reads_the_jobs_it_claims_whatever_the_statistics_say() {
         .unwrap();
     // A connection that plans as the server's do; its first claim, on the
     // empty table, makes the plan.
-    let mut conn = server
-        .db
-        .url
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .unwrap()
-        .options(PLANNER_SETTINGS)
-        .connect()
-        .await
-        .unwrap();
+    let mut conn = server_like_connection(&server).await;
     let claim = |slots: usize| {
         sqlx::query(CLAIM)
             .bind(vec![0_i32; slots])
