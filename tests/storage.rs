@@ -420,7 +420,107 @@ async fn a_written_image_hash_is_64_lowercase_hex_digits() {
     .execute(&server.pool)
     .await
     .unwrap();
+    // An update that writes a hash is held to the same rule.
+    let error = sqlx::query("UPDATE menu_extraction_jobs SET image_hash = upper(image_hash)")
+        .execute(&server.pool)
+        .await
+        .unwrap_err();
+    let error = error.as_database_error().unwrap();
+    assert_eq!(
+        (error.code().as_deref(), error.constraint()),
+        (Some("23514"), Some("menu_extraction_jobs_image_hash_hex"))
+    );
     assert_eq!(server.job_count().await, 2);
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT image_hash FROM menu_extraction_jobs WHERE image_hash IS NOT NULL")
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, Some(good), "nothing written");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_legacy_job_whose_hash_jobq_would_refuse_is_still_claimed_and_completed() {
+    let db = TestDb::new();
+    db.create().await;
+    let legacy = db.pool().await;
+    // The legacy table checked nothing: an uppercase hash, queued before a
+    // well-formed one, so that every claim of the oldest jobs meets it.
+    sqlx::raw_sql(
+        "CREATE TABLE ocr_jobs (
+             id UUID PRIMARY KEY,
+             user_id UUID,
+             image_url TEXT NOT NULL,
+             image_hash VARCHAR(64),
+             status VARCHAR(20) NOT NULL,
+             created_at TIMESTAMP DEFAULT NOW()
+         )",
+    )
+    .execute(&legacy)
+    .await
+    .unwrap();
+    let upper = sha(1).to_uppercase();
+    for (n, hash) in [upper.clone(), sha(2)].into_iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO ocr_jobs (id, user_id, image_url, image_hash, status, created_at)
+             VALUES (gen_random_uuid(), gen_random_uuid(), 'https://legacy.example/x.jpg', $1,
+                     'queued', TIMESTAMP '2025-06-01 12:00:00' + $2 * INTERVAL '1 minute')",
+        )
+        .bind(hash)
+        .bind(n as f64)
+        .execute(&legacy)
+        .await
+        .unwrap();
+    }
+    legacy.close().await;
+    let server = TestServer::start_on(db).await;
+
+    let mut worker = pb::worker_service_client::WorkerServiceClient::new(server.channel());
+    let claimed = worker
+        .claim_jobs(pb::ClaimJobsRequest {
+            worker_id: "w".into(),
+            max_jobs: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let hashes: Vec<String> = claimed
+        .iter()
+        .map(|c| c.job.as_ref().unwrap().image_sha256.clone())
+        .collect();
+    assert_eq!(hashes, [upper.clone(), sha(2)], "both claimed, oldest first");
+    for claimed in &claimed {
+        let completed = worker
+            .complete_job(pb::CompleteJobRequest {
+                job_id: claimed.job.as_ref().unwrap().id.clone(),
+                lease_id: claimed.lease_id.clone(),
+                result: Some(prost_types::Struct::default()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(completed.status(), pb::JobStatus::Completed);
+    }
+    // Kept as the legacy writer stored it.
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT image_hash, status FROM menu_extraction_jobs ORDER BY created_at",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        [
+            (upper, "completed".to_owned()),
+            (sha(2), "completed".to_owned())
+        ]
+    );
     server.stop().await;
 }
 
