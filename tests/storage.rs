@@ -7,25 +7,31 @@ use jobq_proto::pb;
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
+/// The legacy table's shape: the seed's first columns, TIMESTAMP without time
+/// zone, no defaults for what jobq added, and no checks of any column.
+const LEGACY_OCR_JOBS: &str = "CREATE TABLE ocr_jobs (
+    id UUID PRIMARY KEY,
+    user_id UUID,
+    image_url TEXT NOT NULL,
+    image_hash VARCHAR(64),
+    status VARCHAR(20) NOT NULL,
+    result JSONB,
+    created_at TIMESTAMP DEFAULT NOW()
+)";
+
 #[tokio::test]
 async fn a_legacy_ocr_jobs_table_is_upgraded_in_place_with_every_row_kept() {
     let db = TestDb::new();
     db.create().await;
     let legacy = db.pool().await;
     let user = Uuid::new_v4();
-    // The legacy shape: the seed's first columns, TIMESTAMP without time zone, no
-    // defaults for what jobq added, and duplicates the old check-then-insert let in.
+    // The legacy shape, with duplicates the old check-then-insert let in.
+    sqlx::raw_sql(LEGACY_OCR_JOBS)
+        .execute(&legacy)
+        .await
+        .unwrap();
     sqlx::raw_sql(
-        "CREATE TABLE ocr_jobs (
-             id UUID PRIMARY KEY,
-             user_id UUID,
-             image_url TEXT NOT NULL,
-             image_hash VARCHAR(64),
-             status VARCHAR(20) NOT NULL,
-             result JSONB,
-             created_at TIMESTAMP DEFAULT NOW()
-         );
-         CREATE FUNCTION legacy_notify() RETURNS trigger LANGUAGE plpgsql AS
+        "CREATE FUNCTION legacy_notify() RETURNS trigger LANGUAGE plpgsql AS
              $$ BEGIN PERFORM pg_notify('menu_extraction_jobs', NEW.id::text); RETURN NEW; END $$;",
     )
     .execute(&legacy)
@@ -431,11 +437,12 @@ async fn a_written_image_hash_is_64_lowercase_hex_digits() {
         (Some("23514"), Some("menu_extraction_jobs_image_hash_hex"))
     );
     assert_eq!(server.job_count().await, 2);
-    let stored: Option<String> =
-        sqlx::query_scalar("SELECT image_hash FROM menu_extraction_jobs WHERE image_hash IS NOT NULL")
-            .fetch_one(&server.pool)
-            .await
-            .unwrap();
+    let stored: Option<String> = sqlx::query_scalar(
+        "SELECT image_hash FROM menu_extraction_jobs WHERE image_hash IS NOT NULL",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
     assert_eq!(stored, Some(good), "nothing written");
     server.stop().await;
 }
@@ -447,19 +454,10 @@ async fn a_legacy_job_whose_hash_jobq_would_refuse_is_still_claimed_and_complete
     let legacy = db.pool().await;
     // The legacy table checked nothing: an uppercase hash, queued before a
     // well-formed one, so that every claim of the oldest jobs meets it.
-    sqlx::raw_sql(
-        "CREATE TABLE ocr_jobs (
-             id UUID PRIMARY KEY,
-             user_id UUID,
-             image_url TEXT NOT NULL,
-             image_hash VARCHAR(64),
-             status VARCHAR(20) NOT NULL,
-             created_at TIMESTAMP DEFAULT NOW()
-         )",
-    )
-    .execute(&legacy)
-    .await
-    .unwrap();
+    sqlx::raw_sql(LEGACY_OCR_JOBS)
+        .execute(&legacy)
+        .await
+        .unwrap();
     let upper = sha(1).to_uppercase();
     for (n, hash) in [upper.clone(), sha(2)].into_iter().enumerate() {
         sqlx::query(
@@ -476,22 +474,17 @@ async fn a_legacy_job_whose_hash_jobq_would_refuse_is_still_claimed_and_complete
     legacy.close().await;
     let server = TestServer::start_on(db).await;
 
-    let mut worker = pb::worker_service_client::WorkerServiceClient::new(server.channel());
-    let claimed = worker
-        .claim_jobs(pb::ClaimJobsRequest {
-            worker_id: "w".into(),
-            max_jobs: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let claimed = claim_through_server(&server, 10).await;
     let hashes: Vec<String> = claimed
         .iter()
         .map(|c| c.job.as_ref().unwrap().image_sha256.clone())
         .collect();
-    assert_eq!(hashes, [upper.clone(), sha(2)], "both claimed, oldest first");
+    assert_eq!(
+        hashes,
+        [upper.clone(), sha(2)],
+        "both claimed, oldest first"
+    );
+    let mut worker = pb::worker_service_client::WorkerServiceClient::new(server.channel());
     for claimed in &claimed {
         let completed = worker
             .complete_job(pb::CompleteJobRequest {
@@ -508,12 +501,11 @@ async fn a_legacy_job_whose_hash_jobq_would_refuse_is_still_claimed_and_complete
         assert_eq!(completed.status(), pb::JobStatus::Completed);
     }
     // Kept as the legacy writer stored it.
-    let stored: Vec<(String, String)> = sqlx::query_as(
-        "SELECT image_hash, status FROM menu_extraction_jobs ORDER BY created_at",
-    )
-    .fetch_all(&server.pool)
-    .await
-    .unwrap();
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT image_hash, status FROM menu_extraction_jobs ORDER BY created_at")
+            .fetch_all(&server.pool)
+            .await
+            .unwrap();
     assert_eq!(
         stored,
         [
@@ -522,6 +514,20 @@ async fn a_legacy_job_whose_hash_jobq_would_refuse_is_still_claimed_and_complete
         ]
     );
     server.stop().await;
+}
+
+/// Up to `max_jobs` jobs claimed through the server by worker `w`, without waiting.
+async fn claim_through_server(server: &TestServer, max_jobs: i32) -> Vec<pb::ClaimedJob> {
+    pb::worker_service_client::WorkerServiceClient::new(server.channel())
+        .claim_jobs(pb::ClaimJobsRequest {
+            worker_id: "w".into(),
+            max_jobs,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
 }
 
 /// Rows read from the jobs table by every scan of `plan` (EXPLAIN ANALYZE's
@@ -875,16 +881,7 @@ async fn a_claim_reads_the_jobs_it_claims_whatever_the_statistics_say() {
     );
 
     // And through the server: the 100 oldest.
-    let claimed = pb::worker_service_client::WorkerServiceClient::new(server.channel())
-        .claim_jobs(pb::ClaimJobsRequest {
-            worker_id: "w".into(),
-            max_jobs: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let claimed = claim_through_server(&server, 100).await;
     let oldest: Vec<String> = sqlx::query_scalar(
         "SELECT id::text FROM menu_extraction_jobs ORDER BY created_at, id LIMIT 100",
     )
