@@ -409,6 +409,8 @@ async fn a_written_image_hash_is_64_lowercase_hex_digits() {
         format!("{}g", &good[..63]),
         format!("{}é", &good[..62]),
         format!(" {}", &good[..63]),
+        format!("{}\n", &good[..63]),
+        format!("{}\n{}", &good[..31], &good[32..]),
         String::new(),
     ] {
         let error = insert(bad.clone()).await.unwrap_err();
