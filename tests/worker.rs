@@ -219,6 +219,188 @@ async fn one_notification_of_five_jobs_wakes_five_parked_claimers() {
     server.stop().await;
 }
 
+/// The job a submission answered, submitted through `server` for `user`.
+async fn submit(server: &TestServer, user: Uuid, n: u64) -> pb::Job {
+    server
+        .raw()
+        .submit_job(submission(user, n))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+}
+
+/// A claim of one job that waits up to 30 s, started in its own task.
+fn parked_claim(
+    server: &TestServer,
+    worker_id: &str,
+) -> tokio::task::JoinHandle<Vec<pb::ClaimedJob>> {
+    let mut client = worker(server);
+    let request = claim(
+        worker_id,
+        1,
+        Duration::from_secs(60),
+        Duration::from_secs(30),
+    );
+    tokio::spawn(async move { client.claim_jobs(request).await.unwrap().into_inner().jobs })
+}
+
+#[tokio::test]
+async fn a_job_submitted_while_a_worker_waits_is_handed_to_it_in_the_submissions_commit() {
+    let server = TestServer::start_for_parked_claims().await;
+    let waiting = parked_claim(&server, "parked");
+    server.claims_parked(1).await;
+    let user = Uuid::new_v4();
+    let job = submit(&server, user, 1).await;
+
+    // The submission answers the job as it was first committed: already
+    // processing, under the parked worker's lease.
+    assert_eq!(job.status, pb::JobStatus::Processing as i32);
+    assert!(job.started_at.is_some());
+    assert_eq!(job.attempt, 1);
+    let claimed = waiting.await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].job.as_ref().unwrap(), &job);
+    let (worker_id, lease_id): (String, String) = sqlx::query_as(
+        "SELECT worker_id, lease_id::text FROM menu_extraction_jobs WHERE id = $1::uuid",
+    )
+    .bind(&job.id)
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(worker_id, "parked");
+    assert_eq!(lease_id, claimed[0].lease_id);
+    server.claims_parked(0).await;
+
+    // The lease is the job's own: the worker completes it.
+    let done = worker(&server)
+        .complete_job(complete(&claimed[0]))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(done.status, pb::JobStatus::Completed as i32);
+
+    // With nobody waiting, a new job is queued.
+    let queued = submit(&server, user, 2).await;
+    assert_eq!(queued.status, pb::JobStatus::Queued as i32);
+    assert_eq!(status_of(&server, &queued.id).await.0, "queued");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_waiting_worker_is_handed_the_oldest_queued_job_not_the_new_one() {
+    let server = TestServer::start_for_parked_claims().await;
+    let waiting = parked_claim(&server, "parked");
+    server.claims_parked(1).await;
+    // A job queued meanwhile by a writer whose notification never came (its
+    // triggers off), so the parked claim did not see it.
+    let mut legacy = server.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *legacy)
+        .await
+        .unwrap();
+    let (older,): (Uuid,) = sqlx::query_as(
+        "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash, created_at)
+         VALUES (gen_random_uuid(), 'https://legacy.example/old.jpg', md5('a') || md5('b'),
+                 now() - interval '1 minute')
+         RETURNING id",
+    )
+    .fetch_one(&mut *legacy)
+    .await
+    .unwrap();
+    legacy.commit().await.unwrap();
+
+    let new = submit(&server, Uuid::new_v4(), 1).await;
+    let claimed = waiting.await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].job.as_ref().unwrap().id, older.to_string());
+    assert_eq!(new.status, pb::JobStatus::Queued as i32);
+    assert_eq!(status_of(&server, &new.id).await.0, "queued");
+    assert_eq!(status_of(&server, &older.to_string()).await.0, "processing");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_stopped_waiting_is_handed_nothing() {
+    let server = TestServer::start_for_parked_claims().await;
+    let waiting = parked_claim(&server, "gone");
+    server.claims_parked(1).await;
+    // The caller goes away: its call is cancelled and its claim leaves.
+    waiting.abort();
+    server.claims_parked(0).await;
+    let job = submit(&server, Uuid::new_v4(), 1).await;
+    assert_eq!(job.status, pb::JobStatus::Queued as i32);
+    assert_eq!(status_of(&server, &job.id).await.0, "queued");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submissions_hand_each_waiting_worker_one_job_and_queue_the_rest() {
+    const WORKERS: usize = 8;
+    const SUBMISSIONS: u64 = 24;
+    let server = TestServer::start_for_parked_claims().await;
+    let waiting: Vec<_> = (0..WORKERS)
+        .map(|n| parked_claim(&server, &format!("parked-{n}")))
+        .collect();
+    server.claims_parked(WORKERS).await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(SUBMISSIONS as usize));
+    let submitters: Vec<_> = (0..SUBMISSIONS)
+        .map(|n| {
+            let mut client = server.raw();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client
+                    .submit_job(submission(Uuid::new_v4(), n))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .job
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut answered = Vec::new();
+    for submitter in submitters {
+        answered.push(submitter.await.unwrap());
+    }
+    let mut claimed = Vec::new();
+    for claimer in waiting {
+        let jobs = claimer.await.unwrap();
+        assert_eq!(jobs.len(), 1, "each waiting worker gets exactly one job");
+        claimed.push(jobs[0].job.clone().unwrap());
+    }
+    let claimed_ids: HashSet<&str> = claimed.iter().map(|job| job.id.as_str()).collect();
+    assert_eq!(claimed_ids.len(), WORKERS, "no job is claimed twice");
+
+    // A submission answered PROCESSING only for a job a worker was handed, and
+    // then exactly as that worker got it.
+    for job in &answered {
+        if job.status == pb::JobStatus::Processing as i32 {
+            assert!(claimed.contains(job), "{job:?} was answered processing");
+        } else {
+            assert_eq!(job.status, pb::JobStatus::Queued as i32);
+        }
+    }
+    let processing: Vec<(String,)> = sqlx::query_as(
+        "SELECT id::text FROM menu_extraction_jobs WHERE status = 'processing' ORDER BY id",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    let processing: HashSet<&str> = processing.iter().map(|(id,)| id.as_str()).collect();
+    assert_eq!(processing, claimed_ids);
+    assert_eq!(
+        server.job_count().await,
+        i64::try_from(SUBMISSIONS).unwrap()
+    );
+    server.claims_parked(0).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_vanished_workers_job_is_requeued_and_its_late_completion_refused() {
     let server =

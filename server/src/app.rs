@@ -17,6 +17,7 @@ use crate::config::{AuthMode, Config, ConfigError};
 use crate::grpc::admin::AdminApi;
 use crate::grpc::jobs::{JobQueueApi, Watching};
 use crate::grpc::worker::WorkerApi;
+use crate::handoff::Handoff;
 use crate::protocol::CallLimitsLayer;
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::RpcLogLayer;
@@ -45,6 +46,7 @@ pub enum AppError {
 pub struct App {
     config: Config,
     storage: Storage,
+    handoff: Handoff,
 }
 
 impl App {
@@ -53,7 +55,11 @@ impl App {
         let plans: Vec<_> = config.plans.names().collect();
         tracing::info!(?plans, "plans loaded");
         let storage = Storage::open(&config.database_url, config.db_max_connections).await?;
-        Ok(Self { config, storage })
+        Ok(Self {
+            config,
+            storage,
+            handoff: Handoff::new(),
+        })
     }
 
     /// Applies the migrations and returns (`jobq-server migrate`).
@@ -70,7 +76,11 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AppError> {
-        let Self { config, storage } = self;
+        let Self {
+            config,
+            storage,
+            handoff,
+        } = self;
         if let Ok(address) = listener.local_addr() {
             config.check_listen(address)?;
         }
@@ -116,6 +126,7 @@ impl App {
         let worker_api = WorkerApi::new(
             storage.clone(),
             feed.clone(),
+            handoff.clone(),
             config.worker_limits,
             config.claim_poll_interval,
             stop_rx.clone(),
@@ -158,6 +169,7 @@ impl App {
                     storage.clone(),
                     config.plans.clone(),
                     watching,
+                    handoff,
                 ))
                 .max_decoding_message_size(max_message),
             )
@@ -209,6 +221,11 @@ impl App {
     /// The storage this server uses.
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// The server's parked claims (see [`crate::handoff`]).
+    pub fn handoff(&self) -> &Handoff {
+        &self.handoff
     }
 }
 

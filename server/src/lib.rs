@@ -17,6 +17,7 @@ pub mod convert;
 pub mod error;
 pub mod group_commit;
 pub mod grpc;
+pub mod handoff;
 pub mod health;
 pub mod job;
 pub mod page_token;

@@ -13,6 +13,7 @@ mod common;
 
 use std::collections::HashMap;
 
+use jobq_server::handoff::Handoff;
 use jobq_server::job::{JobId, NewJob, UserId};
 use jobq_server::plans::Plans;
 use jobq_server::quota::Refusal;
@@ -99,7 +100,11 @@ async fn run(
     for batch in batches {
         let jobs: Vec<NewJob> = batch.iter().map(new_job).collect();
         if batched {
-            for outcome in side.storage.submit_jobs(&jobs, plans).await {
+            for outcome in side
+                .storage
+                .submit_jobs(&jobs, plans, &Handoff::new())
+                .await
+            {
                 outcomes.push(outcome.expect("no database error"));
             }
         } else {

@@ -11,6 +11,7 @@ use jobq_client::JobQueueClient;
 use jobq_proto::pb;
 use jobq_proto::pb::job_queue_service_client::JobQueueServiceClient;
 use jobq_server::config::AuthMode;
+use jobq_server::handoff::Handoff;
 use jobq_server::plans::Plans;
 use jobq_server::{App, Config};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -95,6 +96,7 @@ pub struct TestServer {
     pub pool: PgPool,
     config: Config,
     channel: Channel,
+    handoff: Handoff,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -142,6 +144,17 @@ impl TestServer {
             config.reaper_interval = Duration::from_secs(60);
         })
         .await
+    }
+
+    /// Waits until exactly `parked` ClaimJobs calls wait in the server, each
+    /// after a claim that found nothing, for a submission to hand them its jobs
+    /// (see `jobq_server::handoff`).
+    pub async fn claims_parked(&self, parked: usize) {
+        let mut count = self.handoff.parked();
+        tokio::time::timeout(Duration::from_secs(10), count.wait_for(|n| *n == parked))
+            .await
+            .unwrap_or_else(|_| panic!("parked claims did not reach {parked} within 10 s"))
+            .expect("the server is running");
     }
 
     /// Waits until the server has finished a claim statement that started after
@@ -221,6 +234,7 @@ impl TestServer {
                 .try_init();
         }
         let app = App::prepare(config.clone()).await.expect("server starts");
+        let handoff = app.handoff().clone();
         let listener = TcpListener::bind(addr)
             .await
             .expect("bind the server's address");
@@ -244,6 +258,7 @@ impl TestServer {
             pool,
             config,
             channel,
+            handoff,
             stop: Some(stop),
             task: Some(task),
         }

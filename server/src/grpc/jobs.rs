@@ -13,6 +13,7 @@ use crate::auth;
 use crate::convert::{self, JobRef, status_to_pb};
 use crate::error::Error;
 use crate::group_commit::{GroupCommit, SPARE_AFTER};
+use crate::handoff::Handoff;
 use crate::job::{ListCursor, ListQuery, NewJob, UserId};
 use crate::page_token::PageToken;
 use crate::plans::Plans;
@@ -56,15 +57,17 @@ pub struct JobQueueApi {
 impl JobQueueApi {
     /// The service over `storage`, judging limits by `plans`, streaming from
     /// `watch`. Concurrent submissions share transactions (see
-    /// [`crate::group_commit`]). Must be called within a Tokio runtime.
-    pub fn new(storage: Storage, plans: Arc<Plans>, watch: Watching) -> Self {
+    /// [`crate::group_commit`]), which hand their new jobs to the claims parked
+    /// in `handoff`. Must be called within a Tokio runtime.
+    pub fn new(storage: Storage, plans: Arc<Plans>, watch: Watching, handoff: Handoff) -> Self {
         let submissions = GroupCommit::spawn(SUBMIT_BATCH, SUBMIT_IN_FLIGHT, SPARE_AFTER, {
             let storage = storage.clone();
             let plans = plans.clone();
             move |batch: Vec<NewJob>| {
                 let storage = storage.clone();
                 let plans = plans.clone();
-                async move { storage.submit_jobs(&batch, &plans).await }
+                let handoff = handoff.clone();
+                async move { storage.submit_jobs(&batch, &plans, &handoff).await }
             }
         });
         Self {
@@ -94,7 +97,8 @@ impl JobQueueService for JobQueueApi {
             .map_err(Error::from)?
         {
             SubmitOutcome::Created(job) => {
-                // Parked claimers in this process need not wait for the NOTIFY.
+                // Claimers parked in this process that the submission's own
+                // claim did not serve need not wait for the NOTIFY.
                 self.watch.feed.wake_claimers();
                 (job, false)
             }

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::convert::{self, WorkerLimits, status_to_pb, timestamp};
 use crate::error::Error;
 use crate::group_commit::{GroupCommit, SPARE_AFTER};
+use crate::handoff::Handoff;
 use crate::job::{ClaimRequest, ClaimedJob, Completion, Failure, Job};
 use crate::storage::leases::LeaseRefusal;
 use crate::storage::{Storage, StorageError};
@@ -23,6 +24,7 @@ use crate::watch::ChangeFeed;
 pub struct WorkerApi {
     storage: Storage,
     feed: ChangeFeed,
+    handoff: Handoff,
     limits: WorkerLimits,
     /// How often a parked ClaimJobs looks at the table even without a
     /// notification (a safety net; notifications are the main path).
@@ -54,11 +56,13 @@ const COMPLETE_BATCH: usize = 256;
 const COMPLETE_IN_FLIGHT: usize = 2;
 
 impl WorkerApi {
-    /// The service over `storage`, woken by `feed`; parked calls return early
-    /// once `stop` turns true. Must be called within a Tokio runtime.
+    /// The service over `storage`, woken by `feed`; parked calls wait in
+    /// `handoff`, where submissions may serve them, and return early once
+    /// `stop` turns true. Must be called within a Tokio runtime.
     pub fn new(
         storage: Storage,
         feed: ChangeFeed,
+        handoff: Handoff,
         limits: WorkerLimits,
         safety_poll: Duration,
         stop: watch::Receiver<bool>,
@@ -94,6 +98,7 @@ impl WorkerApi {
         Self {
             storage,
             feed,
+            handoff,
             limits,
             safety_poll,
             stop,
@@ -102,8 +107,9 @@ impl WorkerApi {
         }
     }
 
-    /// Claims, parking until work is queued, the wait ends, or the server stops.
-    /// A parked call holds no database connection.
+    /// Claims, parking until a submission hands it jobs, work is queued, the
+    /// wait ends, or the server stops. A parked call holds no database
+    /// connection.
     async fn claim_waiting(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, Error> {
         let deadline = Instant::now() + request.wait;
         let mut stop = self.stop.clone();
@@ -116,17 +122,38 @@ impl WorkerApi {
                 return Ok(claimed);
             }
             let nap = (deadline - now).min(self.safety_poll);
-            tokio::select! {
-                changed = queued.changed() => {
-                    if changed.is_err() {
-                        return Ok(Vec::new());
-                    }
-                }
-                () = tokio::time::sleep(nap) => {}
-                _ = stop.wait_for(|stop| *stop) => return Ok(Vec::new()),
+            let mut ticket = self.handoff.park(request.clone());
+            let woke = tokio::select! {
+                handed = ticket.handed() => Woke::Handed(handed),
+                changed = queued.changed() => if changed.is_ok() { Woke::Look } else { Woke::Stop },
+                () = tokio::time::sleep(nap) => Woke::Look,
+                _ = stop.wait_for(|stop| *stop) => Woke::Stop,
+            };
+            let stopping = matches!(woke, Woke::Stop);
+            let handed = match woke {
+                Woke::Handed(handed) => handed,
+                // A submission that took the claim answers it even when
+                // something else woke us first.
+                Woke::Look | Woke::Stop => ticket.leave().await,
+            };
+            if let Some(jobs) = handed.filter(|jobs| !jobs.is_empty()) {
+                return Ok(jobs);
+            }
+            if stopping {
+                return Ok(Vec::new());
             }
         }
     }
+}
+
+/// What ended a parked claim's wait.
+enum Woke {
+    /// A submission answered it (`None`: its transaction did not commit).
+    Handed(Option<Vec<ClaimedJob>>),
+    /// Work may be queued, or it is time for the safety poll: look again.
+    Look,
+    /// The server is stopping.
+    Stop,
 }
 
 /// How long before the caller's deadline a parked ClaimJobs gives up waiting.

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgExecutor;
 
 use super::{Storage, StorageError};
 use crate::job::{
@@ -98,37 +99,7 @@ impl Storage {
         &self,
         requests: &[ClaimRequest],
     ) -> Result<Vec<Vec<ClaimedJob>>, StorageError> {
-        // The caller of each slot, in the order slots are filled.
-        let most = requests.iter().map(|r| r.max_jobs).max().unwrap_or(0);
-        let slots: Vec<i32> = (0..most)
-            .flat_map(|round| {
-                (0_i32..)
-                    .zip(requests)
-                    .filter(move |(_, r)| round < r.max_jobs)
-                    .map(|(caller, _)| caller)
-            })
-            .collect();
-        let workers: Vec<&str> = requests.iter().map(|r| r.worker_id.as_str()).collect();
-        let leases: Vec<i64> = requests.iter().map(|r| millis(r.lease)).collect();
-        let dealt = sqlx::query_as::<_, Dealt>(CLAIM)
-            .bind(slots)
-            .bind(workers)
-            .bind(leases)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut claimed: Vec<Vec<ClaimedJob>> = requests.iter().map(|_| Vec::new()).collect();
-        for Dealt { caller, job } in dealt {
-            if let Some(jobs) = usize::try_from(caller)
-                .ok()
-                .and_then(|c| claimed.get_mut(c))
-            {
-                jobs.push(job);
-            }
-        }
-        for jobs in &mut claimed {
-            jobs.sort_by_key(|claimed| (claimed.job.created_at, claimed.job.id.0));
-        }
-        Ok(claimed)
+        claim(&self.pool, requests).await
     }
 
     /// Extends a lease to `extend_by` from now (or the length it was claimed with).
@@ -385,4 +356,43 @@ impl Storage {
         }
         Ok(expired)
     }
+}
+
+/// The claim of [`Storage::claim_batch`], on `executor` (the pool, or a
+/// submission's transaction: see [`crate::handoff`]).
+pub(super) async fn claim<'c>(
+    executor: impl PgExecutor<'c>,
+    requests: &[ClaimRequest],
+) -> Result<Vec<Vec<ClaimedJob>>, StorageError> {
+    // The caller of each slot, in the order slots are filled.
+    let most = requests.iter().map(|r| r.max_jobs).max().unwrap_or(0);
+    let slots: Vec<i32> = (0..most)
+        .flat_map(|round| {
+            (0_i32..)
+                .zip(requests)
+                .filter(move |(_, r)| round < r.max_jobs)
+                .map(|(caller, _)| caller)
+        })
+        .collect();
+    let workers: Vec<&str> = requests.iter().map(|r| r.worker_id.as_str()).collect();
+    let leases: Vec<i64> = requests.iter().map(|r| millis(r.lease)).collect();
+    let dealt = sqlx::query_as::<_, Dealt>(CLAIM)
+        .bind(slots)
+        .bind(workers)
+        .bind(leases)
+        .fetch_all(executor)
+        .await?;
+    let mut claimed: Vec<Vec<ClaimedJob>> = requests.iter().map(|_| Vec::new()).collect();
+    for Dealt { caller, job } in dealt {
+        if let Some(jobs) = usize::try_from(caller)
+            .ok()
+            .and_then(|c| claimed.get_mut(c))
+        {
+            jobs.push(job);
+        }
+    }
+    for jobs in &mut claimed {
+        jobs.sort_by_key(|claimed| (claimed.job.created_at, claimed.job.id.0));
+    }
+    Ok(claimed)
 }

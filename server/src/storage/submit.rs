@@ -6,7 +6,8 @@
 //! else changes between them because every user of the batch is locked for the
 //! whole transaction. The batch costs the same statements as one submission:
 //! begin and lock, lookups (with the clock and plans), usage, insert, commit
-//! (one NOTIFY).
+//! (one NOTIFY); and, when workers are parked, the claim that hands them the
+//! new jobs (see [`crate::handoff`]).
 
 use std::collections::HashMap;
 
@@ -14,8 +15,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, Row};
 use uuid::Uuid;
 
+use super::leases;
 use super::usage::{self, UsageRequest};
 use super::{Storage, StorageError};
+use crate::handoff::{Handoff, Taken};
 use crate::job::{Job, JobId, NewJob, UserId};
 use crate::plans::Plans;
 use crate::quota::QuotaStatus;
@@ -89,7 +92,9 @@ impl Storage {
         new: &NewJob,
         plans: &Plans,
     ) -> Result<SubmitOutcome, StorageError> {
-        let mut outcomes = self.try_submit(std::slice::from_ref(new), plans).await?;
+        let mut outcomes = self
+            .try_submit(std::slice::from_ref(new), plans, None)
+            .await?;
         match outcomes.pop() {
             Some(Some(outcome)) => Ok(outcome),
             _ => Err(StorageError::SerializationFailure(sqlx::Error::Protocol(
@@ -110,15 +115,18 @@ impl Storage {
     /// loses such a race, or fails for a reason that is not the database being
     /// unavailable, its submissions are retried one by one, so that one
     /// submission's trouble is never another's.
+    ///
+    /// A batch that creates jobs also claims them for claims parked in
+    /// `handoff`, in its own transaction (see [`crate::handoff`]); the jobs it
+    /// answers are then the claimed ones, already processing. Retries one by
+    /// one leave the parked claims alone.
     pub async fn submit_jobs(
         &self,
         batch: &[NewJob],
         plans: &Plans,
+        handoff: &Handoff,
     ) -> Vec<Result<SubmitOutcome, StorageError>> {
-        if batch.len() == 1 {
-            return vec![self.submit_job(&batch[0], plans).await];
-        }
-        match self.try_submit(batch, plans).await {
+        match self.try_submit(batch, plans, Some(handoff)).await {
             Ok(outcomes) if outcomes.iter().all(Option::is_some) => {
                 return outcomes.into_iter().flatten().map(Ok).collect();
             }
@@ -134,14 +142,16 @@ impl Storage {
         outcomes
     }
 
-    /// One transaction for `batch`. An outcome is `None` when its insert lost to
-    /// an identical job committed meanwhile by a writer that does not take the
+    /// One transaction for `batch`, which claims its new jobs for the claims it
+    /// takes from `handoff`. An outcome is `None` when its insert lost to an
+    /// identical job committed meanwhile by a writer that does not take the
     /// lock; a batch of one then reads that job instead, a larger batch is rolled
     /// back.
     async fn try_submit(
         &self,
         batch: &[NewJob],
         plans: &Plans,
+        handoff: Option<&Handoff>,
     ) -> Result<Vec<Option<SubmitOutcome>>, StorageError> {
         let mut users: Vec<UserId> = batch.iter().map(|new| new.user_id).collect();
         users.sort_by_key(|user| user.0);
@@ -237,11 +247,27 @@ impl Storage {
             decided.push(Decided::Create(row));
         }
 
-        let created: HashMap<JobId, Job> = insert(&mut tx, &inserts, now)
+        let mut created: HashMap<JobId, Job> = insert(&mut tx, &inserts, now)
             .await?
             .into_iter()
             .map(|job| (job.id, job))
             .collect();
+        // Parked claims served by this transaction; dropped unanswered (their
+        // claimers look again) unless it commits.
+        let taken = match handoff {
+            Some(handoff) if !created.is_empty() => handoff.take(created.len()),
+            _ => Taken::default(),
+        };
+        let claimed = if taken.is_empty() {
+            Vec::new()
+        } else {
+            leases::claim(&mut *tx, &taken.requests()).await?
+        };
+        for claimed in claimed.iter().flatten() {
+            if let Some(job) = created.get_mut(&claimed.job.id) {
+                *job = claimed.job.clone();
+            }
+        }
         let mut outcomes = Vec::with_capacity(batch.len());
         for (item, decision) in decided.into_iter().enumerate() {
             let outcome = match decision {
@@ -264,6 +290,7 @@ impl Storage {
         }
         if outcomes.iter().all(Option::is_some) {
             tx.commit().await?;
+            taken.answer(claimed);
         } else {
             tx.rollback().await?;
         }
