@@ -231,6 +231,22 @@ async fn submit(server: &TestServer, user: Uuid, n: u64) -> pb::Job {
         .unwrap()
 }
 
+/// A server with one claim, by `worker_id`, parked in it.
+async fn with_a_parked_claim(
+    worker_id: &str,
+) -> (TestServer, tokio::task::JoinHandle<Vec<pb::ClaimedJob>>) {
+    let server = TestServer::start_for_parked_claims().await;
+    let waiting = parked_claim(&server, worker_id);
+    server.claims_parked(1).await;
+    (server, waiting)
+}
+
+/// `job` was answered queued, and is queued in the table.
+async fn assert_queued(server: &TestServer, job: &pb::Job) {
+    assert_eq!(job.status, pb::JobStatus::Queued as i32);
+    assert_eq!(status_of(server, &job.id).await.0, "queued");
+}
+
 /// A claim of one job that waits up to 30 s, started in its own task.
 fn parked_claim(
     server: &TestServer,
@@ -248,9 +264,7 @@ fn parked_claim(
 
 #[tokio::test]
 async fn a_job_submitted_while_a_worker_waits_is_handed_to_it_in_the_submissions_commit() {
-    let server = TestServer::start_for_parked_claims().await;
-    let waiting = parked_claim(&server, "parked");
-    server.claims_parked(1).await;
+    let (server, waiting) = with_a_parked_claim("parked").await;
     let user = Uuid::new_v4();
     let job = submit(&server, user, 1).await;
 
@@ -284,17 +298,13 @@ async fn a_job_submitted_while_a_worker_waits_is_handed_to_it_in_the_submissions
     assert_eq!(done.status, pb::JobStatus::Completed as i32);
 
     // With nobody waiting, a new job is queued.
-    let queued = submit(&server, user, 2).await;
-    assert_eq!(queued.status, pb::JobStatus::Queued as i32);
-    assert_eq!(status_of(&server, &queued.id).await.0, "queued");
+    assert_queued(&server, &submit(&server, user, 2).await).await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_waiting_worker_is_handed_the_oldest_queued_job_not_the_new_one() {
-    let server = TestServer::start_for_parked_claims().await;
-    let waiting = parked_claim(&server, "parked");
-    server.claims_parked(1).await;
+    let (server, waiting) = with_a_parked_claim("parked").await;
     // A job queued meanwhile by a writer whose notification never came (its
     // triggers off), so the parked claim did not see it.
     let mut legacy = server.pool.begin().await.unwrap();
@@ -317,23 +327,18 @@ async fn a_waiting_worker_is_handed_the_oldest_queued_job_not_the_new_one() {
     let claimed = waiting.await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].job.as_ref().unwrap().id, older.to_string());
-    assert_eq!(new.status, pb::JobStatus::Queued as i32);
-    assert_eq!(status_of(&server, &new.id).await.0, "queued");
+    assert_queued(&server, &new).await;
     assert_eq!(status_of(&server, &older.to_string()).await.0, "processing");
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_worker_that_stopped_waiting_is_handed_nothing() {
-    let server = TestServer::start_for_parked_claims().await;
-    let waiting = parked_claim(&server, "gone");
-    server.claims_parked(1).await;
+    let (server, waiting) = with_a_parked_claim("gone").await;
     // The caller goes away: its call is cancelled and its claim leaves.
     waiting.abort();
     server.claims_parked(0).await;
-    let job = submit(&server, Uuid::new_v4(), 1).await;
-    assert_eq!(job.status, pb::JobStatus::Queued as i32);
-    assert_eq!(status_of(&server, &job.id).await.0, "queued");
+    assert_queued(&server, &submit(&server, Uuid::new_v4(), 1).await).await;
     server.stop().await;
 }
 
