@@ -518,6 +518,42 @@ async fn a_legacy_job_whose_hash_jobq_would_refuse_is_still_claimed_and_complete
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_server_not_yet_upgraded_still_claims_with_the_three_argument_claim() {
+    // Migration 0013 added the claim's instant as a fourth argument; a server
+    // of the version before calls jobq_claim with three, and must still claim
+    // the oldest queued job at its transaction's start.
+    let server = TestServer::start().await;
+    let job = server
+        .raw()
+        .submit_job(submission(Uuid::new_v4(), 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let mut tx = server.pool.begin().await.unwrap();
+    let claimed: Vec<(i32, Uuid, String, bool, bool)> = sqlx::query_as(
+        "SELECT caller, id, status, started_at = now(), lease_expires_at = now() + interval '1 minute'
+         FROM jobq_claim(ARRAY[0], ARRAY['old-server'], ARRAY[60000::bigint])",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        claimed,
+        [(
+            0,
+            job.id.parse().unwrap(),
+            "processing".to_owned(),
+            true,
+            true
+        )]
+    );
+    server.stop().await;
+}
+
 /// Up to `max_jobs` jobs claimed through the server by worker `w`, without waiting.
 async fn claim_through_server(server: &TestServer, max_jobs: i32) -> Vec<pb::ClaimedJob> {
     pb::worker_service_client::WorkerServiceClient::new(server.channel())

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, error_info, submission};
+use common::{TestServer, Watcher, error_info, submission};
 use jobq_proto::pb;
 use jobq_proto::pb::worker_service_client::WorkerServiceClient;
 use tonic::Code;
@@ -266,13 +266,27 @@ fn parked_claim(
 async fn a_job_submitted_while_a_worker_waits_is_handed_to_it_in_the_submissions_commit() {
     let (server, waiting) = with_a_parked_claim("parked").await;
     let user = Uuid::new_v4();
+    let mut jobs = server.raw();
+    let mut watcher = Watcher::open(
+        &mut jobs,
+        pb::WatchJobsRequest {
+            user_id: user.to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
     let job = submit(&server, user, 1).await;
 
     // The submission answers the job as it was first committed: already
-    // processing, under the parked worker's lease.
+    // processing, under the parked worker's lease, started when it was created
+    // (not before), and watchers see it created so.
     assert_eq!(job.status, pb::JobStatus::Processing as i32);
-    assert!(job.started_at.is_some());
     assert_eq!(job.attempt, 1);
+    assert_eq!(job.started_at, job.created_at);
+    assert_eq!(job.updated_at, job.created_at);
+    let created = watcher.next().await;
+    assert_eq!(created.kind(), pb::WatchEventKind::Created);
+    assert_eq!(created.job.as_ref(), Some(&job));
     let claimed = waiting.await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].job.as_ref().unwrap(), &job);

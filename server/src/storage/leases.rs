@@ -67,9 +67,10 @@ macro_rules! claimed_columns {
 
 /// The claim statement of [`Storage::claim_batch`]: `$1` the caller of each
 /// slot, in the order slots are filled; `$2` and `$3` each caller's worker id
-/// and lease length in milliseconds.
+/// and lease length in milliseconds; `$4` the instant the jobs are claimed at
+/// (NULL: the transaction's start, `now()`).
 ///
-/// The claim itself is the function `jobq_claim` (migration 0010), whose plan
+/// The claim itself is the function `jobq_claim` (migrations 0010 and 0013), whose plan
 /// is made once per connection and is the same whatever the statistics say:
 /// the queue index walked in order and stopped after the slots (a bitmap scan
 /// would read every queued job and sort them all to take the oldest few, 39 ms
@@ -81,7 +82,7 @@ macro_rules! claimed_columns {
 pub const CLAIM: &str = concat!(
     "SELECT caller, ",
     claimed_columns!(),
-    " FROM jobq_claim($1, $2, $3)"
+    " FROM jobq_claim($1, $2, $3, $4)"
 );
 
 impl Storage {
@@ -99,7 +100,7 @@ impl Storage {
         &self,
         requests: &[ClaimRequest],
     ) -> Result<Vec<Vec<ClaimedJob>>, StorageError> {
-        claim(&self.pool, requests).await
+        claim(&self.pool, requests, None).await
     }
 
     /// Extends a lease to `extend_by` from now (or the length it was claimed with).
@@ -359,10 +360,14 @@ impl Storage {
 }
 
 /// The claim of [`Storage::claim_batch`], on `executor` (the pool, or a
-/// submission's transaction: see [`crate::handoff`]).
+/// submission's transaction: see [`crate::handoff`]), at the instant `at`
+/// (its start, `now()`, when `None`). A submission claims at the instant it
+/// created its jobs, which is later than its transaction's start: a job is
+/// never started (or updated) before it was created.
 pub(super) async fn claim<'c>(
     executor: impl PgExecutor<'c>,
     requests: &[ClaimRequest],
+    at: Option<DateTime<Utc>>,
 ) -> Result<Vec<Vec<ClaimedJob>>, StorageError> {
     // The caller of each slot, in the order slots are filled.
     let most = requests.iter().map(|r| r.max_jobs).max().unwrap_or(0);
@@ -380,6 +385,7 @@ pub(super) async fn claim<'c>(
         .bind(slots)
         .bind(workers)
         .bind(leases)
+        .bind(at)
         .fetch_all(executor)
         .await?;
     let mut claimed: Vec<Vec<ClaimedJob>> = requests.iter().map(|_| Vec::new()).collect();

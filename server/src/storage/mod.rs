@@ -4,7 +4,7 @@
 //! needs no live database; the end-to-end tests cover each statement.
 
 /// The columns of [`Job`], in one place for every statement that returns jobs.
-/// The claim function `jobq_claim` (migration 0010) returns them too, and
+/// The claim function `jobq_claim` (migrations 0010 and 0013) returns them too, and
 /// lists them itself in SQL: a column added here must be added there.
 macro_rules! job_columns {
     () => {
@@ -19,7 +19,7 @@ macro_rules! job_columns {
 /// statement itself: a new version, the time, and the transaction, exactly as
 /// the version trigger would set them (migration 0009 runs the trigger only
 /// for writes that leave `version` alone, and so skips it for these).
-/// `jobq_claim` (migration 0010) writes the same three in SQL.
+/// `jobq_claim` (migrations 0010 and 0013) writes the same three in SQL.
 macro_rules! touched {
     () => {
         "version = nextval('menu_extraction_jobs_version_seq'), updated_at = now(), \

@@ -261,7 +261,7 @@ impl Storage {
         let claimed = if taken.is_empty() {
             Vec::new()
         } else {
-            leases::claim(&mut *tx, &taken.requests()).await?
+            leases::claim(&mut *tx, &taken.requests(), Some(now)).await?
         };
         for claimed in claimed.iter().flatten() {
             if let Some(job) = created.get_mut(&claimed.job.id) {
