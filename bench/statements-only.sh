@@ -35,7 +35,7 @@ VALUES (gen_random_uuid(), gen_random_uuid(), 'https://bench.example/pgbench.jpg
 SQL
 cat > "$work/drain.sql" <<'SQL'
 \set w random(1, 1000000000)
-SELECT count(*) FROM jobq_claim(array_fill(0, ARRAY[100]), ARRAY[(:w)::text], ARRAY[60000::bigint]);
+SELECT count(*) FROM jobq_claim(array_fill(0, ARRAY[100]), ARRAY[(:w)::text], ARRAY[60000::bigint], NULL::timestamptz);
 UPDATE menu_extraction_jobs
 SET status = 'completed', result = '{}'::jsonb, completed_at = now(), processing_time = 1,
     lease_expires_at = NULL,

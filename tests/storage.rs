@@ -888,6 +888,8 @@ async fn a_claim_reads_the_jobs_it_claims_whatever_the_statistics_say() {
             .bind(vec![0_i32; slots])
             .bind(vec!["w"])
             .bind(vec![60_000_i64])
+            // At the transaction's start, as ClaimJobs claims.
+            .bind(None::<chrono::DateTime<chrono::Utc>>)
     };
     assert!(claim(1).fetch_all(&mut conn).await.unwrap().is_empty());
     sqlx::raw_sql(
