@@ -524,14 +524,7 @@ async fn a_server_not_yet_upgraded_still_claims_with_the_three_argument_claim() 
     // of the version before calls jobq_claim with three, and must still claim
     // the oldest queued job at its transaction's start.
     let server = TestServer::start().await;
-    let job = server
-        .raw()
-        .submit_job(submission(Uuid::new_v4(), 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let job = server.submit(Uuid::new_v4(), 1).await;
     let mut tx = server.pool.begin().await.unwrap();
     let claimed: Vec<(i32, Uuid, String, bool, bool)> = sqlx::query_as(
         "SELECT caller, id, status, started_at = now(), lease_expires_at = now() + interval '1 minute'

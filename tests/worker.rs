@@ -219,18 +219,6 @@ async fn one_notification_of_five_jobs_wakes_five_parked_claimers() {
     server.stop().await;
 }
 
-/// The job a submission answered, submitted through `server` for `user`.
-async fn submit(server: &TestServer, user: Uuid, n: u64) -> pb::Job {
-    server
-        .raw()
-        .submit_job(submission(user, n))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
-}
-
 /// A server with one claim, by `worker_id`, parked in it.
 async fn with_a_parked_claim(
     worker_id: &str,
@@ -275,7 +263,7 @@ async fn a_job_submitted_while_a_worker_waits_is_handed_to_it_in_the_submissions
         },
     )
     .await;
-    let job = submit(&server, user, 1).await;
+    let job = server.submit(user, 1).await;
 
     // The submission answers the job as it was first committed: already
     // processing, under the parked worker's lease, started when it was created
@@ -312,7 +300,7 @@ async fn a_job_submitted_while_a_worker_waits_is_handed_to_it_in_the_submissions
     assert_eq!(done.status, pb::JobStatus::Completed as i32);
 
     // With nobody waiting, a new job is queued.
-    assert_queued(&server, &submit(&server, user, 2).await).await;
+    assert_queued(&server, &server.submit(user, 2).await).await;
     server.stop().await;
 }
 
@@ -337,7 +325,7 @@ async fn a_waiting_worker_is_handed_the_oldest_queued_job_not_the_new_one() {
     .unwrap();
     legacy.commit().await.unwrap();
 
-    let new = submit(&server, Uuid::new_v4(), 1).await;
+    let new = server.submit(Uuid::new_v4(), 1).await;
     let claimed = waiting.await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].job.as_ref().unwrap().id, older.to_string());
@@ -352,7 +340,7 @@ async fn a_worker_that_stopped_waiting_is_handed_nothing() {
     // The caller goes away: its call is cancelled and its claim leaves.
     waiting.abort();
     server.claims_parked(0).await;
-    assert_queued(&server, &submit(&server, Uuid::new_v4(), 1).await).await;
+    assert_queued(&server, &server.submit(Uuid::new_v4(), 1).await).await;
     server.stop().await;
 }
 

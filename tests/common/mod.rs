@@ -278,6 +278,17 @@ impl TestServer {
         JobQueueServiceClient::new(self.channel())
     }
 
+    /// The job SubmitJob answered for `user`'s photo `n` (see [`submission`]).
+    pub async fn submit(&self, user: Uuid, n: u64) -> pb::Job {
+        self.raw()
+            .submit_job(submission(user, n))
+            .await
+            .expect("submitted")
+            .into_inner()
+            .job
+            .expect("the answer carries the job")
+    }
+
     /// The generated client on a connection of its own.
     pub async fn raw_on_new_connection(&self) -> JobQueueServiceClient<Channel> {
         let channel = harness_endpoint(&self.config, self.addr)
