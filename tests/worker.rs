@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use common::{TestServer, Watcher, error_info, submission};
 use jobq_proto::pb;
 use jobq_proto::pb::worker_service_client::WorkerServiceClient;
+use jobq_server::job::{JobId, LeaseId, LeaseRef};
+use jobq_server::storage::Storage;
 use tonic::Code;
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -331,6 +333,158 @@ async fn a_waiting_worker_is_handed_the_oldest_queued_job_not_the_new_one() {
     assert_eq!(claimed[0].job.as_ref().unwrap().id, older.to_string());
     assert_queued(&server, &new).await;
     assert_eq!(status_of(&server, &older.to_string()).await.0, "processing");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_whose_caller_left_before_its_answer_gives_its_jobs_back_at_once() {
+    // Calls are cut after a second: a claim held up longer is dropped by the
+    // server, as the call of a caller who went away is.
+    let server = TestServer::start_configured(|config| {
+        config.rpc_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let user = Uuid::new_v4();
+    let mut jobs = server.raw();
+    let mut watcher = Watcher::open(
+        &mut jobs,
+        pb::WatchJobsRequest {
+            user_id: user.to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let job = server.submit(user, 1).await;
+    assert_eq!(watcher.next().await.job.unwrap().version, job.version);
+
+    // The claim statement waits for a lock the test holds, past the call's end.
+    let mut holder = server.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE menu_extraction_jobs IN SHARE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(300);
+    let cut = worker(&server)
+        .claim_jobs(claim("left", 1, lease, Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert_eq!(cut.code(), Code::DeadlineExceeded, "{cut:?}");
+    holder.commit().await.unwrap();
+
+    // The claim went through for nobody; its job is back in the queue at once
+    // (its lease had five minutes to run), and that claim is not an attempt.
+    watcher
+        .until(|view| {
+            view[&job.id].status == pb::JobStatus::Queued as i32
+                && view[&job.id].version > job.version
+        })
+        .await;
+    let back = &watcher.view[&job.id];
+    assert_eq!(back.attempt, 0);
+    assert_eq!(back.started_at, None);
+    let (claims, worker_id, lease_id, expires): (
+        i64,
+        Option<String>,
+        Option<Uuid>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM menu_extraction_jobs WHERE status = 'processing'),
+                    worker_id, lease_id, lease_expires_at
+             FROM menu_extraction_jobs WHERE id = $1::uuid",
+    )
+    .bind(&job.id)
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (claims, worker_id, lease_id, expires),
+        (0, None, None, None)
+    );
+
+    // The next claim has it, as its first attempt.
+    let next = worker(&server)
+        .claim_jobs(claim("next", 1, lease, Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(next.len(), 1);
+    let next = next[0].job.as_ref().unwrap();
+    assert_eq!((next.id.as_str(), next.attempt), (job.id.as_str(), 1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_given_back_is_cancelled_if_its_owner_asked_and_a_finished_one_is_left_alone() {
+    let server = TestServer::start().await;
+    let storage = Storage::open(&server.db.url, 1).await.unwrap();
+    let user = Uuid::new_v4();
+    let lease_of = |claimed: &pb::ClaimedJob| LeaseRef {
+        job_id: JobId(claimed.job.as_ref().unwrap().id.parse().unwrap()),
+        lease_id: LeaseId(claimed.lease_id.parse().unwrap()),
+    };
+    let cancelled = server.submit(user, 1).await;
+    let finished = server.submit(user, 2).await;
+    let claimed = worker(&server)
+        .claim_jobs(claim("w", 2, Duration::from_secs(300), Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(claimed.len(), 2);
+    server
+        .raw()
+        .cancel_job(pb::CancelJobRequest {
+            job_id: cancelled.id.clone(),
+            user_id: user.to_string(),
+        })
+        .await
+        .unwrap();
+    let done = claimed
+        .iter()
+        .find(|c| c.job.as_ref().unwrap().id == finished.id)
+        .unwrap();
+    worker(&server).complete_job(complete(done)).await.unwrap();
+
+    let leases: Vec<LeaseRef> = claimed.iter().map(lease_of).collect();
+    assert_eq!(storage.give_back(&leases).await.unwrap(), 1);
+    let rows: Vec<(String, String, i32, bool, Option<String>)> = sqlx::query_as(
+        "SELECT id::text, status, attempt, completed_at IS NOT NULL, lease_id::text
+         FROM menu_extraction_jobs ORDER BY created_at",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    let lease_id = |id: &str| {
+        claimed
+            .iter()
+            .find(|c| c.job.as_ref().unwrap().id == id)
+            .map(|c| c.lease_id.clone())
+    };
+    // Cancelled as an expired lease would be: finished, keeping its lease's id
+    // (so that a late report from it hears INVALID_STATUS); the claim is not an
+    // attempt. The completed job is untouched.
+    assert_eq!(
+        rows,
+        [
+            (
+                cancelled.id.clone(),
+                "cancelled".into(),
+                0,
+                true,
+                lease_id(&cancelled.id)
+            ),
+            (
+                finished.id.clone(),
+                "completed".into(),
+                1,
+                true,
+                lease_id(&finished.id)
+            ),
+        ]
+    );
+    // Giving back again changes nothing.
+    assert_eq!(storage.give_back(&leases).await.unwrap(), 0);
     server.stop().await;
 }
 

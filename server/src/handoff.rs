@@ -16,14 +16,16 @@
 //! A taken claim is promised to its batch: it is answered with its jobs after
 //! the commit, or with nothing when the batch rolled back (the claimer then
 //! looks again), and its claimer must wait for that answer before it may
-//! leave ([`Ticket::leave`]).
+//! leave ([`Ticket::leave`]). A claimer that went away all the same (its call
+//! cancelled) has its jobs given back (see [`crate::delivery`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{oneshot, watch};
 
-use crate::job::{ClaimRequest, ClaimedJob};
+use crate::delivery::Delivery;
+use crate::job::ClaimRequest;
 
 /// The most new jobs a submission batch hands to parked claims. The claim
 /// lengthens the batch's transaction, which every submitter in it waits for; a
@@ -59,7 +61,7 @@ struct Parked {
 struct ParkedClaim {
     id: u64,
     request: ClaimRequest,
-    answer: oneshot::Sender<Vec<ClaimedJob>>,
+    answer: oneshot::Sender<Delivery>,
 }
 
 impl Default for Handoff {
@@ -158,7 +160,7 @@ impl Handoff {
 #[derive(Debug)]
 pub struct Ticket {
     id: u64,
-    handed: oneshot::Receiver<Vec<ClaimedJob>>,
+    handed: oneshot::Receiver<Delivery>,
     handoff: Handoff,
 }
 
@@ -166,13 +168,13 @@ impl Ticket {
     /// Resolves once a submission that took this claim has answered it: with
     /// the jobs claimed, or `None` when its transaction did not commit.
     /// Cancel-safe.
-    pub async fn handed(&mut self) -> Option<Vec<ClaimedJob>> {
+    pub async fn handed(&mut self) -> Option<Delivery> {
         (&mut self.handed).await.ok()
     }
 
     /// Stops waiting: `None` if no submission had taken the claim, otherwise
     /// (the claim is promised) what that submission answers.
-    pub async fn leave(mut self) -> Option<Vec<ClaimedJob>> {
+    pub async fn leave(mut self) -> Option<Delivery> {
         if self.handoff.withdraw(self.id) {
             return None;
         }
@@ -183,8 +185,8 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         // A caller gone while parked (its call was cancelled) leaves the queue.
-        // A claim already taken is still made: its jobs wait for their lease to
-        // expire, as a claim whose answer was lost does.
+        // A claim already taken is still made, and its jobs, answered to
+        // nobody, are given back (see crate::delivery).
         self.handoff.withdraw(self.id);
     }
 }
@@ -211,9 +213,10 @@ impl Taken {
     }
 
     /// Answers each claim with its jobs, in the order of [`Taken::requests`].
-    pub fn answer(self, claimed: Vec<Vec<ClaimedJob>>) {
+    pub fn answer(self, claimed: impl IntoIterator<Item = Delivery>) {
         for (claim, jobs) in self.claims.into_iter().zip(claimed) {
-            // A claimer gone meanwhile leaves its jobs to lease expiry.
+            // A claimer gone meanwhile: the delivery, dropped, gives its jobs
+            // back.
             let _ = claim.answer.send(jobs);
         }
     }
@@ -283,8 +286,25 @@ mod tests {
             futures_util::poll!(&mut leaving).is_pending(),
             "a promised claim waits for its batch"
         );
-        batch.answer(vec![Vec::new()]);
-        assert_eq!(leaving.await.map(|jobs| jobs.len()), Some(0));
+        batch.answer([Delivery::empty()]);
+        assert!(leaving.await.is_some_and(|jobs| jobs.is_empty()));
+
+        // A claimer gone after its claim was taken: its jobs are given back.
+        let (give_back, given) = crate::delivery::recorder();
+        let gone = handoff.park(request("gone", 1));
+        let batch = handoff.take(1);
+        drop(gone);
+        let claimed = crate::delivery::example_claim();
+        batch.answer([Delivery::new(vec![claimed.clone()], &give_back)]);
+        assert_eq!(
+            given
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|lease| lease.job_id)
+                .collect::<Vec<_>>(),
+            [claimed.job.id]
+        );
 
         // A batch that did not commit answers nothing: the claimer looks again.
         let mut rolled_back = handoff.park(request("rolled back", 1));

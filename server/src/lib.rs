@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod convert;
+pub mod delivery;
 pub mod error;
 pub mod group_commit;
 pub mod grpc;

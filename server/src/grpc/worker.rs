@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, WorkerLimits, status_to_pb, timestamp};
+use crate::delivery::{Delivery, GiveBack};
 use crate::error::Error;
 use crate::group_commit::{GroupCommit, SPARE_AFTER};
 use crate::handoff::Handoff;
@@ -34,8 +35,8 @@ pub struct WorkerApi {
     completions: GroupCommit<Completion, Completed>,
 }
 
-/// What a claim came to.
-type Claimed = Result<Vec<ClaimedJob>, StorageError>;
+/// What a claim came to: its jobs, on their way to the caller.
+type Claimed = Result<Delivery, StorageError>;
 
 /// What a completion came to.
 type Completed = Result<Result<Job, LeaseRefusal>, StorageError>;
@@ -73,11 +74,15 @@ impl WorkerApi {
         // finding nothing.
         let claims = GroupCommit::spawn(CLAIM_BATCH, CLAIM_IN_FLIGHT, SPARE_AFTER, {
             let storage = storage.clone();
+            let give_back = GiveBack::to(storage.clone());
             move |batch: Vec<ClaimRequest>| {
-                let storage = storage.clone();
+                let (storage, give_back) = (storage.clone(), give_back.clone());
                 async move {
                     match storage.claim_batch(&batch).await {
-                        Ok(claimed) => claimed.into_iter().map(Ok).collect(),
+                        Ok(claimed) => claimed
+                            .into_iter()
+                            .map(|jobs| Ok(Delivery::new(jobs, &give_back)))
+                            .collect(),
                         Err(error) => batch.iter().map(|_| Err(error.shared())).collect(),
                     }
                 }
@@ -109,8 +114,9 @@ impl WorkerApi {
 
     /// Claims, parking until a submission hands it jobs, work is queued, the
     /// wait ends, or the server stops. A parked call holds no database
-    /// connection.
-    async fn claim_waiting(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, Error> {
+    /// connection. Jobs claimed for it are given back if the call is dropped
+    /// before it takes them.
+    async fn claim_waiting(&self, request: &ClaimRequest) -> Result<Delivery, Error> {
         let deadline = Instant::now() + request.wait;
         let mut stop = self.stop.clone();
         loop {
@@ -140,7 +146,7 @@ impl WorkerApi {
                 return Ok(jobs);
             }
             if stopping {
-                return Ok(Vec::new());
+                return Ok(Delivery::empty());
             }
         }
     }
@@ -149,7 +155,7 @@ impl WorkerApi {
 /// What ended a parked claim's wait.
 enum Woke {
     /// A submission answered it (`None`: its transaction did not commit).
-    Handed(Option<Vec<ClaimedJob>>),
+    Handed(Option<Delivery>),
     /// Work may be queued, or it is time for the safety poll: look again.
     Look,
     /// The server is stopping.
@@ -226,7 +232,8 @@ impl WorkerService for WorkerApi {
         if let Some(deadline) = deadline {
             request.wait = request.wait.min(deadline.saturating_sub(DEADLINE_MARGIN));
         }
-        let claimed = self.claim_waiting(&request).await?;
+        // From here on nothing waits: the jobs are the caller's.
+        let claimed = self.claim_waiting(&request).await?.take();
         if !claimed.is_empty() {
             tracing::info!(worker_id = %request.worker_id, claimed = claimed.len(), "jobs claimed");
         }

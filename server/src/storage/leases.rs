@@ -306,6 +306,42 @@ impl Storage {
         })
     }
 
+    /// Gives back jobs claimed for a caller that was never answered (see
+    /// [`crate::delivery`]): each job still held under its lease ends that lease
+    /// at once, as if it had expired, except that the claim does not count as an
+    /// attempt (no worker ever held it). It goes back to QUEUED, or to
+    /// CANCELLED when its owner asked for that meanwhile; a job that was never
+    /// claimed before is then as it was (no `started_at`, no `worker_id`), one
+    /// claimed before keeps those of this claim, as a requeued job keeps its
+    /// last claim's. Returns how many jobs it gave back; a lease already ended
+    /// some other way is left alone.
+    pub async fn give_back(&self, leases: &[LeaseRef]) -> Result<u64, StorageError> {
+        let ids: Vec<_> = leases.iter().map(|lease| lease.job_id.0).collect();
+        let lease_ids: Vec<_> = leases.iter().map(|lease| lease.lease_id.0).collect();
+        let given = sqlx::query(concat!(
+            "UPDATE menu_extraction_jobs AS j
+             SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                 attempt = j.attempt - 1,
+                 started_at = CASE WHEN j.attempt > 1 THEN j.started_at END,
+                 worker_id = CASE WHEN j.attempt > 1 THEN j.worker_id END,
+                 completed_at = CASE WHEN j.cancel_requested THEN now() END,
+                 -- As at expiry: a requeued job has no lease; a finished one
+                 -- keeps the id of the lease it ended under (see why_not).
+                 lease_id = CASE WHEN j.cancel_requested THEN j.lease_id END,
+                 lease_expires_at = NULL,
+                 ",
+            touched!(),
+            "
+             WHERE j.id = ANY($1) AND j.status = 'processing'
+               AND j.lease_id = ($2::uuid[])[array_position($1::uuid[], j.id)]"
+        ))
+        .bind(ids)
+        .bind(lease_ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(given.rows_affected())
+    }
+
     /// Ends up to 1,000 expired leases: each job goes back to QUEUED, or to FAILED
     /// once it has been claimed `max_attempts` times, or to CANCELLED when its
     /// owner asked for that. Safe to run in every server process at once: rows

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::leases;
 use super::usage::{self, UsageRequest};
 use super::{Storage, StorageError};
+use crate::delivery::{Delivery, GiveBack};
 use crate::handoff::{Handoff, Taken};
 use crate::job::{Job, JobId, NewJob, UserId};
 use crate::plans::Plans;
@@ -290,7 +291,14 @@ impl Storage {
         }
         if outcomes.iter().all(Option::is_some) {
             tx.commit().await?;
-            taken.answer(claimed);
+            if !taken.is_empty() {
+                let give_back = GiveBack::to(self.clone());
+                taken.answer(
+                    claimed
+                        .into_iter()
+                        .map(|jobs| Delivery::new(jobs, &give_back)),
+                );
+            }
         } else {
             tx.rollback().await?;
         }
