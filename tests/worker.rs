@@ -256,15 +256,7 @@ fn parked_claim(
 async fn a_job_submitted_while_a_worker_waits_is_handed_to_it_in_the_submissions_commit() {
     let (server, waiting) = with_a_parked_claim("parked").await;
     let user = Uuid::new_v4();
-    let mut jobs = server.raw();
-    let mut watcher = Watcher::open(
-        &mut jobs,
-        pb::WatchJobsRequest {
-            user_id: user.to_string(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut watcher = Watcher::of_user(&server, user).await;
     let job = server.submit(user, 1).await;
 
     // The submission answers the job as it was first committed: already
@@ -345,15 +337,7 @@ async fn a_claim_whose_caller_left_before_its_answer_gives_its_jobs_back_at_once
     })
     .await;
     let user = Uuid::new_v4();
-    let mut jobs = server.raw();
-    let mut watcher = Watcher::open(
-        &mut jobs,
-        pb::WatchJobsRequest {
-            user_id: user.to_string(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut watcher = Watcher::of_user(&server, user).await;
     let job = server.submit(user, 1).await;
     assert_eq!(watcher.next().await.job.unwrap().version, job.version);
 

@@ -507,6 +507,15 @@ impl Watcher {
         }
     }
 
+    /// A stream of `user`'s jobs on `server`, on a client of its own.
+    pub async fn of_user(server: &TestServer, user: Uuid) -> Self {
+        let request = pb::WatchJobsRequest {
+            user_id: user.to_string(),
+            ..Default::default()
+        };
+        Self::open(&mut server.raw(), request).await
+    }
+
     /// The next event (panics after 30 s without one: a stuck stream is a failure).
     pub async fn next(&mut self) -> pb::WatchJobsResponse {
         let message = tokio::time::timeout(Duration::from_secs(30), self.stream.message())
