@@ -66,9 +66,9 @@ const COMPLETE_IN_FLIGHT: usize = 2;
 /// drain 10,304-14,181 jobs/s (mean 12,810) with a 20 ms wait against
 /// 13,188-14,656 (mean 13,765) without, with CompleteJobs 18,214-24,121 (mean
 /// 21,740) against 21,277-25,833 (mean 23,782), six runs each; steady
-/// unchanged within its noise (three each: 4,427-5,285 and 4,830-6,618 jobs/s
-/// against 5,164-5,594 and 5,234-5,482). Submissions keep their wait: one
-/// batch at a time is what makes theirs grow.
+/// unchanged within its noise (mean 5,227 jobs/s against 5,275 in six runs
+/// each, with CompleteJobs 5,734 against 5,374 in three). Submissions keep
+/// their wait: one batch at a time is what makes theirs grow.
 const SECOND_AT_ONCE: Duration = Duration::ZERO;
 
 impl WorkerApi {
