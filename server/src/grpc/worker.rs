@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, WorkerLimits, status_to_pb, timestamp};
-use crate::delivery::{Delivery, GiveBack};
+use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::group_commit::GroupCommit;
 use crate::handoff::Handoff;
@@ -89,15 +89,11 @@ impl WorkerApi {
         // finding nothing.
         let claims = GroupCommit::spawn(CLAIM_BATCH, CLAIM_IN_FLIGHT, SECOND_AT_ONCE, {
             let storage = storage.clone();
-            let give_back = GiveBack::to(storage.clone());
             move |batch: Vec<ClaimRequest>| {
-                let (storage, give_back) = (storage.clone(), give_back.clone());
+                let storage = storage.clone();
                 async move {
                     match storage.claim_batch(&batch).await {
-                        Ok(claimed) => claimed
-                            .into_iter()
-                            .map(|jobs| Ok(Delivery::new(jobs, &give_back)))
-                            .collect(),
+                        Ok(claimed) => claimed.into_iter().map(Ok).collect(),
                         Err(error) => batch.iter().map(|_| Err(error.shared())).collect(),
                     }
                 }

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgExecutor;
 
 use super::{Storage, StorageError};
+use crate::delivery::{Delivery, GiveBack};
 use crate::job::{
     ClaimRequest, ClaimedJob, Completion, Failure, Job, JobId, JobStatus, LeaseId, LeaseRef,
 };
@@ -95,12 +96,25 @@ impl Storage {
     /// jobs share them instead of one taking all and the rest finding nothing,
     /// and the UPDATE makes each one PROCESSING under a fresh lease, with its
     /// caller's worker id and lease length. Returns each caller's jobs, oldest
-    /// first.
+    /// first, as a [`Delivery`] that gives them back unless the caller takes
+    /// them.
     pub async fn claim_batch(
         &self,
         requests: &[ClaimRequest],
-    ) -> Result<Vec<Vec<ClaimedJob>>, StorageError> {
-        claim(&self.pool, requests, None).await
+    ) -> Result<Vec<Delivery>, StorageError> {
+        let claimed = claim(&self.pool, requests, None).await?;
+        Ok(self.deliveries(claimed))
+    }
+
+    /// Each caller's claimed jobs on their way to it: given back to this
+    /// storage's queue if dropped before the caller takes them (see
+    /// [`crate::delivery`]).
+    pub(super) fn deliveries(&self, claimed: Vec<Vec<ClaimedJob>>) -> Vec<Delivery> {
+        let give_back = GiveBack::to(self.clone());
+        claimed
+            .into_iter()
+            .map(|jobs| Delivery::new(jobs, &give_back))
+            .collect()
     }
 
     /// Extends a lease to `extend_by` from now (or the length it was claimed with).

@@ -18,7 +18,6 @@ use uuid::Uuid;
 use super::leases;
 use super::usage::{self, UsageRequest};
 use super::{Storage, StorageError};
-use crate::delivery::{Delivery, GiveBack};
 use crate::handoff::{Handoff, Taken};
 use crate::job::{Job, JobId, NewJob, UserId};
 use crate::plans::Plans;
@@ -292,12 +291,7 @@ impl Storage {
         if outcomes.iter().all(Option::is_some) {
             tx.commit().await?;
             if !taken.is_empty() {
-                let give_back = GiveBack::to(self.clone());
-                taken.answer(
-                    claimed
-                        .into_iter()
-                        .map(|jobs| Delivery::new(jobs, &give_back)),
-                );
+                taken.answer(self.deliveries(claimed));
             }
         } else {
             tx.rollback().await?;
