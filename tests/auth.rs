@@ -769,3 +769,113 @@ async fn one_call_records_a_keys_use_and_the_others_do_not_wait_for_it() {
     assert!(used.is_some(), "one call recorded the key's use");
     server.stop().await;
 }
+
+/// At its fewest connections (two: one for the claims and key checks that are
+/// planned once, one for everything else), the server still checks every
+/// call's key and runs a job from submission to completion, with calls at once
+/// sharing each connection.
+#[tokio::test]
+async fn at_its_fewest_connections_the_server_checks_keys_and_runs_jobs_through() {
+    let server = TestServer::start_configured(|config| {
+        config.auth = AuthMode::Required;
+        config.db_max_connections = jobq_server::storage::MIN_CONNECTIONS;
+    })
+    .await;
+    let storage = Storage::open(&server.db.url, 2).await.unwrap();
+    let (_, admin_key) = auth::create_key(&storage, "bootstrap", Some(Role::Admin), None)
+        .await
+        .unwrap();
+    storage.close().await;
+    let channel = server.channel();
+    let (_, service_key) = create_key(&channel, &admin_key, pb::ApiKeyRole::Service, None).await;
+    let (_, worker_key) = create_key(&channel, &admin_key, pb::ApiKeyRole::Worker, None).await;
+    let (service, worker_auth) = (bearer(&service_key), bearer(&worker_key));
+
+    // Submissions and a parked claim at once: the claim's key check and its
+    // claim statement share the one connection planned once.
+    let user = Uuid::new_v4();
+    let mut worker = WorkerServiceClient::new(channel.clone());
+    let claim = worker.claim_jobs(with_auth(
+        pb::ClaimJobsRequest {
+            worker_id: "fewest".into(),
+            max_jobs: 3,
+            lease_duration: None,
+            wait: Some(prost_types::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+        },
+        Some(&worker_auth),
+    ));
+    let submitted = futures::future::join_all((1..=3).map(|n| {
+        let mut jobs = JobQueueServiceClient::new(channel.clone());
+        let request = with_auth(submission(user, n), Some(&service));
+        async move {
+            jobs.submit_job(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .job
+                .unwrap()
+                .id
+        }
+    }));
+    let (claimed, mut submitted) = tokio::join!(claim, submitted);
+    let mut claimed = claimed.unwrap().into_inner().jobs;
+    // What the parked claim did not get, a second claim does.
+    if claimed.len() < submitted.len() {
+        let more = WorkerServiceClient::new(channel.clone())
+            .claim_jobs(with_auth(
+                pb::ClaimJobsRequest {
+                    worker_id: "fewest".into(),
+                    max_jobs: 3,
+                    ..Default::default()
+                },
+                Some(&worker_auth),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        claimed.extend(more);
+    }
+    let mut ids: Vec<String> = claimed
+        .iter()
+        .map(|c| c.job.as_ref().unwrap().id.clone())
+        .collect();
+    ids.sort();
+    submitted.sort();
+    assert_eq!(ids, submitted);
+
+    for c in &claimed {
+        let done = worker
+            .complete_job(with_auth(
+                pb::CompleteJobRequest {
+                    job_id: c.job.as_ref().unwrap().id.clone(),
+                    lease_id: c.lease_id.clone(),
+                    ..Default::default()
+                },
+                Some(&worker_auth),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(done.status(), pb::JobStatus::Completed);
+    }
+    // And a call without a valid key is still refused.
+    let refused = worker
+        .claim_jobs(with_auth(
+            pb::ClaimJobsRequest {
+                worker_id: "fewest".into(),
+                max_jobs: 1,
+                ..Default::default()
+            },
+            Some(&bearer(&service_key)),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    server.stop().await;
+}

@@ -684,14 +684,26 @@ async fn submission_plans_made_on_an_empty_table_still_read_only_what_they_look_
 /// A new connection to the server's database that plans as the server's
 /// pooled connections do (its plans are made by its own first executions).
 async fn server_like_connection(server: &TestServer) -> sqlx::PgConnection {
-    use jobq_server::storage::PLANNER_SETTINGS;
+    connection_planning_as(server, &jobq_server::storage::PLANNER_SETTINGS).await
+}
+
+/// A connection that plans as the server's connections for statements planned
+/// once do (the claim's).
+async fn planned_once_connection(server: &TestServer) -> sqlx::PgConnection {
+    connection_planning_as(server, &jobq_server::storage::PLANNED_ONCE_SETTINGS).await
+}
+
+async fn connection_planning_as(
+    server: &TestServer,
+    settings: &[(&str, &str)],
+) -> sqlx::PgConnection {
     use sqlx::ConnectOptions;
     server
         .db
         .url
         .parse::<sqlx::postgres::PgConnectOptions>()
         .unwrap()
-        .options(PLANNER_SETTINGS)
+        .options(settings.iter().copied())
         .connect()
         .await
         .unwrap()
@@ -855,6 +867,55 @@ async fn submission_keys_tell_apart_exactly_what_their_columns_do() {
     server.stop().await;
 }
 
+/// The API-key lookup runs on connections that plan each statement once: its
+/// plan, made here on the empty, analyzed table, still reads only the keys it
+/// looks up once 20,000 are stored and nothing analyzes.
+#[tokio::test]
+async fn a_key_lookup_planned_on_an_empty_table_reads_only_its_keys() {
+    use jobq_server::storage::keys::KEY_LOOKUP;
+    use sqlx::Connection;
+    let server = TestServer::start().await;
+    sqlx::raw_sql("ANALYZE api_keys")
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    let mut conn = planned_once_connection(&server).await;
+    let lookup = |ids: Vec<Uuid>| sqlx::query(KEY_LOOKUP).bind(ids);
+    assert!(
+        lookup(vec![Uuid::new_v4()])
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO api_keys (id, name, role, digest)
+         SELECT gen_random_uuid(), 'key ' || g, 'service', sha256(g::text::bytea)
+         FROM generate_series(1, 20000) g
+         RETURNING id",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let found = lookup(vec![ids[7], ids[19_000], Uuid::new_v4()])
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    let (sequential, by_index): (i64, i64) = sqlx::query_as(
+        "SELECT seq_scan, idx_tup_fetch FROM pg_stat_xact_user_tables
+         WHERE relname = 'api_keys'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!((sequential, by_index), (0, 2));
+    drop(conn);
+    server.stop().await;
+}
+
 /// The claim's plan is made on the first claim of a connection and kept. Made
 /// here on the empty, analyzed table, then a backlog of 20,000 jobs that
 /// nothing analyzes: a claim of 100 still walks the queue index in order and
@@ -873,9 +934,9 @@ async fn a_claim_reads_the_jobs_it_claims_whatever_the_statistics_say() {
         .execute(&server.pool)
         .await
         .unwrap();
-    // A connection that plans as the server's do; its first claim, on the
-    // empty table, makes the plan.
-    let mut conn = server_like_connection(&server).await;
+    // A connection that plans as the server's claims do; its first claim, on
+    // the empty table, makes the plan.
+    let mut conn = planned_once_connection(&server).await;
     let claim = |slots: usize| {
         sqlx::query(CLAIM)
             .bind(vec![0_i32; slots])

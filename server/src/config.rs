@@ -93,8 +93,10 @@ pub struct DatabaseArgs {
     /// Postgres connection URL; the database is created if it does not exist.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, value_parser = parse_database_url)]
     pub database_url: String,
-    /// Connections the server holds open to Postgres (opened at start and kept).
-    #[arg(long, env = "JOBQ_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Connections the server holds open to Postgres (opened at start and kept;
+    /// a quarter of them, one to four, for the claims and key checks planned
+    /// once).
+    #[arg(long, env = "JOBQ_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(i64::from(crate::storage::MIN_CONNECTIONS)..=1000))]
     pub db_max_connections: u32,
 }
 
@@ -432,6 +434,16 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn the_server_holds_two_database_connections_at_least() {
+        let parse = |n: &str| Cli::try_parse_from(["jobq-server", "--db-max-connections", n]);
+        let error = parse("1").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("--db-max-connections"), "{error}");
+        assert!(error.contains("2..=1000"), "{error}");
+        assert_eq!(parse("2").unwrap().serve.database.db_max_connections, 2);
+        assert!(parse("1001").is_err());
     }
 
     #[test]

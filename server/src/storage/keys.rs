@@ -43,6 +43,14 @@ pub struct KeyCheck {
     pub stale_last_use: bool,
 }
 
+/// The keys' lookup of [`Storage::keys_for_auth`], `$1` the key ids: run on
+/// the connections that plan once (see [`super::PLANNED_ONCE_SETTINGS`]),
+/// where the primary key, `api_keys`' only index, is its one plan.
+#[doc(hidden)]
+pub const KEY_LOOKUP: &str = "SELECT id, digest, role, user_id, revoked_at IS NOT NULL AS revoked,
+        (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') AS stale_last_use
+ FROM api_keys WHERE id = ANY($1)";
+
 impl Storage {
     /// Stores `key` (its digest) with `name`, `role` and `user_id`.
     pub async fn create_key(
@@ -111,15 +119,10 @@ impl Storage {
             revoked: bool,
             stale_last_use: bool,
         }
-        let rows = sqlx::query_as::<_, Row>(
-            "SELECT id, digest, role, user_id, revoked_at IS NOT NULL AS revoked,
-                    (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
-                        AS stale_last_use
-             FROM api_keys WHERE id = ANY($1)",
-        )
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await;
+        let rows = sqlx::query_as::<_, Row>(KEY_LOOKUP)
+            .bind(ids)
+            .fetch_all(&self.planned_once)
+            .await;
         let rows: HashMap<Uuid, Row> = match rows {
             Ok(rows) => rows.into_iter().map(|row| (row.id, row)).collect(),
             Err(error) => {

@@ -102,7 +102,7 @@ impl Storage {
         &self,
         requests: &[ClaimRequest],
     ) -> Result<Vec<Delivery>, StorageError> {
-        let claimed = claim(&self.pool, requests, None).await?;
+        let claimed = claim(&self.planned_once, requests, None).await?;
         Ok(self.deliveries(claimed))
     }
 

@@ -143,7 +143,9 @@ impl From<sqlx::Error> for StorageError {
 /// - Every statement is planned for the values it runs with
 ///   (`plan_cache_mode`, see [`Storage::open`]); a submission transaction sets
 ///   its own (see [`usage::SUBMISSION_PLANNING`]), and so does the claim
-///   function (see [`leases::CLAIM`]).
+///   function (see [`leases::CLAIM`]). The few statements that have one plan
+///   whatever the statistics run on connections of their own that plan them
+///   once (see [`PLANNED_ONCE_SETTINGS`]).
 /// - No bitmap scans. jobq's reads that may match many rows are ordered and
 ///   limited (claims, ListJobs pages, lease expiry), and must walk an index in
 ///   order and stop; a bitmap scan reads every match first and then sorts
@@ -157,17 +159,60 @@ pub const PLANNER_SETTINGS: [(&str, &str); 2] = [
     ("enable_bitmapscan", "off"),
 ];
 
-/// The connection pool and every query over it.
+/// How the connections for statements planned once plan: a generic plan, made
+/// at a statement's first execution on the connection and kept, with
+/// sequential and bitmap scans off. Only statements that have a single plan
+/// whatever the statistics say run there, so a plan made while a table was
+/// empty is still the plan for a million rows:
+///
+/// - the claim, `SELECT ... FROM jobq_claim(...)`: a function scan, nothing to
+///   choose (the function plans its own statements once, see
+///   [`leases::CLAIM`]);
+/// - the API-key lookup by `id = ANY($1)`: `api_keys` has one index, its
+///   primary key, and with sequential scans off it is the only way in.
+///
+/// Planned at each execution, these cost more than they ran: in issue 8's
+/// steady benchmark (`pg_stat_statements`, 30 s), 19,054 key lookups spent
+/// 880 ms planning and 206 ms running, 13,009 claims 238 ms planning. A
+/// completion, by primary key too, is not here: `(user_id, created_at, id)`
+/// also holds `id`, and a generic plan made on the empty, analyzed table
+/// reads it whole (both indexes are estimated at nothing there).
+#[doc(hidden)]
+pub const PLANNED_ONCE_SETTINGS: [(&str, &str); 3] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+    ("enable_bitmapscan", "off"),
+];
+
+/// The fewest connections the server can hold (`--db-max-connections`): one
+/// for the statements planned once, and one for every other.
+pub const MIN_CONNECTIONS: u32 = 2;
+
+/// Connections for the statements planned once (see
+/// [`PLANNED_ONCE_SETTINGS`]) out of `max_connections` in all: a quarter, at
+/// least one and at most four (two claim statements at a time, and key
+/// lookups, one at a time unless one is slow).
+fn planned_once_share(max_connections: u32) -> u32 {
+    (max_connections / 4).clamp(1, 4)
+}
+
+/// The connection pools and every query over them.
 #[derive(Debug, Clone)]
 pub struct Storage {
+    /// Every statement but those planned once.
     pool: PgPool,
+    /// The statements planned once (see [`PLANNED_ONCE_SETTINGS`]).
+    planned_once: PgPool,
 }
 
 impl Storage {
     /// Creates the database if it does not exist, connects, and applies the
     /// migrations (several servers starting at once take turns on a lock).
+    /// Holds `max_connections` in all, at least [`MIN_CONNECTIONS`].
     pub async fn open(database_url: &str, max_connections: u32) -> Result<Self, StorageError> {
         create_database_if_missing(database_url).await?;
+        let once = planned_once_share(max_connections.max(MIN_CONNECTIONS));
+        let rest = max_connections.max(MIN_CONNECTIONS) - once;
         // Every statement is planned for the values it runs with. A plan cached
         // for every value (Postgres's generic plan) is made from the table's
         // statistics at the time: made while the table was small, a claim's
@@ -177,21 +222,11 @@ impl Storage {
         // (migration 0010) set their own planning, with statements written so
         // that no statistics can make their plans bad (see
         // usage::SUBMISSION_PLANNING and leases::CLAIM).
-        let options = PgConnectOptions::from_str(database_url)?
-            .application_name("jobq-server")
-            .options(PLANNER_SETTINGS);
-        // Every connection is opened at start and kept (a fixed-size pool): a
-        // connection opened under load (TCP, TLS, startup, then each statement
-        // prepared and planned anew) held the calls behind it for ~100 ms,
-        // issue 8's submit p99.
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .min_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
+        let url = PgConnectOptions::from_str(database_url)?.application_name("jobq-server");
+        let pool = fixed_pool(url.clone().options(PLANNER_SETTINGS), rest).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let planned_once = fixed_pool(url.options(PLANNED_ONCE_SETTINGS), once).await?;
+        Ok(Self { pool, planned_once })
     }
 
     /// Asks the database whether it answers.
@@ -203,7 +238,21 @@ impl Storage {
     /// Closes every connection; later queries fail as unavailable.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.planned_once.close().await;
     }
+}
+
+/// A pool of `size` connections with `options`, every one opened at start and
+/// kept: a connection opened under load (TCP, TLS, startup, then each statement
+/// prepared and planned anew) held the calls behind it for ~100 ms, issue 8's
+/// submit p99.
+async fn fixed_pool(options: PgConnectOptions, size: u32) -> Result<PgPool, StorageError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?)
 }
 
 async fn create_database_if_missing(database_url: &str) -> Result<(), StorageError> {
@@ -222,5 +271,20 @@ async fn create_database_if_missing(database_url: &str) -> Result<(), StorageErr
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarter_of_the_connections_one_to_four_are_planned_once() {
+        let split = |n| (planned_once_share(n), n - planned_once_share(n));
+        assert_eq!(split(MIN_CONNECTIONS), (1, 1));
+        assert_eq!(split(7), (1, 6));
+        assert_eq!(split(8), (2, 6));
+        assert_eq!(split(16), (4, 12));
+        assert_eq!(split(1000), (4, 996));
     }
 }
