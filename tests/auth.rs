@@ -39,6 +39,19 @@ fn with_auth<T>(message: T, header: Option<&str>) -> Request<T> {
     request
 }
 
+/// Submits `user`'s photo `n` with the authorization header `header`;
+/// returns the job's id.
+async fn submit_as(channel: &Channel, header: &str, user: Uuid, n: u64) -> String {
+    JobQueueServiceClient::new(channel.clone())
+        .submit_job(with_auth(submission(user, n), Some(header)))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id
+}
+
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
@@ -341,20 +354,7 @@ async fn every_rpc_against_every_kind_of_caller() {
 
     // The jobs the right callers act on, made with the service key.
     let service = bearer(&service_key);
-    let jobs = JobQueueServiceClient::new(channel.clone());
-    let submit = |n: u64| {
-        let request = with_auth(submission(user, n), Some(&service));
-        let mut jobs = jobs.clone();
-        async move {
-            jobs.submit_job(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .job
-                .unwrap()
-                .id
-        }
-    };
+    let submit = |n: u64| submit_as(&channel, &service, user, n);
     let claimed_first = [submit(1).await, submit(2).await, submit(3).await];
     let queued = submit(4).await;
     let to_cancel = submit(5).await;
@@ -807,19 +807,8 @@ async fn at_its_fewest_connections_the_server_checks_keys_and_runs_jobs_through(
         },
         Some(&worker_auth),
     ));
-    let submitted = futures::future::join_all((1..=3).map(|n| {
-        let mut jobs = JobQueueServiceClient::new(channel.clone());
-        let request = with_auth(submission(user, n), Some(&service));
-        async move {
-            jobs.submit_job(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .job
-                .unwrap()
-                .id
-        }
-    }));
+    let submitted =
+        futures::future::join_all((1..=3).map(|n| submit_as(&channel, &service, user, n)));
     let (claimed, mut submitted) = tokio::join!(claim, submitted);
     let mut claimed = claimed.unwrap().into_inner().jobs;
     // What the parked claim did not get, a second claim does.

@@ -867,6 +867,18 @@ async fn submission_keys_tell_apart_exactly_what_their_columns_do() {
     server.stop().await;
 }
 
+/// What the transaction on `conn` has read of `table` so far, from its own
+/// statistics: sequential scans, and rows fetched by index.
+async fn read_so_far(conn: &mut sqlx::PgConnection, table: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT seq_scan, idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
 /// The API-key lookup runs on connections that plan each statement once: its
 /// plan, made here on the empty, analyzed table, still reads only the keys it
 /// looks up once 20,000 are stored and nothing analyzes.
@@ -903,13 +915,7 @@ async fn a_key_lookup_planned_on_an_empty_table_reads_only_its_keys() {
         .await
         .unwrap();
     assert_eq!(found.len(), 2);
-    let (sequential, by_index): (i64, i64) = sqlx::query_as(
-        "SELECT seq_scan, idx_tup_fetch FROM pg_stat_xact_user_tables
-         WHERE relname = 'api_keys'",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    let (sequential, by_index) = read_so_far(&mut tx, "api_keys").await;
     tx.rollback().await.unwrap();
     assert_eq!((sequential, by_index), (0, 2));
     drop(conn);
@@ -957,13 +963,7 @@ async fn a_claim_reads_the_jobs_it_claims_whatever_the_statistics_say() {
     let mut tx = conn.begin().await.unwrap();
     let claimed = claim(100).fetch_all(&mut *tx).await.unwrap();
     assert_eq!(claimed.len(), 100);
-    let (sequential, by_index): (i64, i64) = sqlx::query_as(
-        "SELECT seq_scan, idx_tup_fetch FROM pg_stat_xact_user_tables
-         WHERE relname = 'menu_extraction_jobs'",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    let (sequential, by_index) = read_so_far(&mut tx, "menu_extraction_jobs").await;
     tx.rollback().await.unwrap();
     assert_eq!(sequential, 0);
     // The 100 from the queue index (the migration's plan fetches nothing else

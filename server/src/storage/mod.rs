@@ -211,8 +211,8 @@ impl Storage {
     /// Holds `max_connections` in all, at least [`MIN_CONNECTIONS`].
     pub async fn open(database_url: &str, max_connections: u32) -> Result<Self, StorageError> {
         create_database_if_missing(database_url).await?;
-        let once = planned_once_share(max_connections.max(MIN_CONNECTIONS));
-        let rest = max_connections.max(MIN_CONNECTIONS) - once;
+        let total = max_connections.max(MIN_CONNECTIONS);
+        let once = planned_once_share(total);
         // Every statement is planned for the values it runs with. A plan cached
         // for every value (Postgres's generic plan) is made from the table's
         // statistics at the time: made while the table was small, a claim's
@@ -223,7 +223,7 @@ impl Storage {
         // that no statistics can make their plans bad (see
         // usage::SUBMISSION_PLANNING and leases::CLAIM).
         let url = PgConnectOptions::from_str(database_url)?.application_name("jobq-server");
-        let pool = fixed_pool(url.clone().options(PLANNER_SETTINGS), rest).await?;
+        let pool = fixed_pool(url.clone().options(PLANNER_SETTINGS), total - once).await?;
         MIGRATOR.run(&pool).await?;
         let planned_once = fixed_pool(url.options(PLANNED_ONCE_SETTINGS), once).await?;
         Ok(Self { pool, planned_once })
