@@ -469,6 +469,7 @@ async fn a_job_given_back_is_cancelled_if_its_owner_asked_and_a_finished_one_is_
     );
     // Giving back again changes nothing.
     assert_eq!(storage.give_back(&leases).await.unwrap(), 0);
+    storage.close().await;
     server.stop().await;
 }
 

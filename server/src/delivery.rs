@@ -108,15 +108,7 @@ impl Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         if let Some(give_back) = self.give_back.take() {
-            let leases = self
-                .jobs
-                .iter()
-                .map(|claimed| LeaseRef {
-                    job_id: claimed.job.id,
-                    lease_id: claimed.lease_id,
-                })
-                .collect();
-            (give_back.0)(leases);
+            (give_back.0)(self.jobs.iter().map(ClaimedJob::lease).collect());
         }
     }
 }
@@ -177,13 +169,7 @@ mod tests {
     fn jobs_dropped_untaken_are_given_back_and_taken_ones_are_not() {
         let (give_back, given) = recorder();
         let jobs = vec![example_claim(), example_claim()];
-        let leases: Vec<LeaseRef> = jobs
-            .iter()
-            .map(|claimed| LeaseRef {
-                job_id: claimed.job.id,
-                lease_id: claimed.lease_id,
-            })
-            .collect();
+        let leases: Vec<LeaseRef> = jobs.iter().map(ClaimedJob::lease).collect();
         drop(Delivery::new(jobs, &give_back));
         assert_eq!(*given.lock().unwrap(), leases);
 

@@ -187,6 +187,16 @@ pub struct ClaimedJob {
     pub lease_expires_at: DateTime<Utc>,
 }
 
+impl ClaimedJob {
+    /// The job and the lease it was claimed under.
+    pub fn lease(&self) -> LeaseRef {
+        LeaseRef {
+            job_id: self.job.id,
+            lease_id: self.lease_id,
+        }
+    }
+}
+
 /// A validated Heartbeat request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseRef {
