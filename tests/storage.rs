@@ -314,8 +314,9 @@ async fn the_queries_use_their_indexes() {
         &server.pool,
         &format!(
             "SELECT * FROM menu_extraction_jobs WHERE user_id = {user}
-             AND (created_at, id) < (now() - INTERVAL '1 hour', '0190a0a0-0000-7000-8000-000000000000'::uuid)
-             ORDER BY created_at DESC, id DESC LIMIT 21"
+             AND (created_at, uuid_send(id))
+                 < (now() - INTERVAL '1 hour', uuid_send('0190a0a0-0000-7000-8000-000000000000'::uuid))
+             ORDER BY created_at DESC, uuid_send(id) DESC LIMIT 21"
         ),
     )
     .await;
@@ -324,7 +325,7 @@ async fn the_queries_use_their_indexes() {
         "{keyset}"
     );
     assert!(
-        keyset.contains("ROW(created_at, id) < ROW("),
+        keyset.contains("ROW(created_at, uuid_send(id)) < ROW("),
         "the keyset is an index condition: {keyset}"
     );
     assert!(!keyset.contains("Sort"), "no sort: {keyset}");
@@ -879,6 +880,21 @@ async fn read_so_far(conn: &mut sqlx::PgConnection, table: &str) -> (i64, i64) {
     .unwrap()
 }
 
+/// The indexes of `table` the transaction on `conn` has scanned so far, from
+/// its own statistics, by name.
+async fn indexes_read_so_far(conn: &mut sqlx::PgConnection, table: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT indexrelid::regclass::text
+         FROM pg_index
+         WHERE indrelid = $1::regclass AND pg_stat_get_xact_numscans(indexrelid) > 0
+         ORDER BY 1",
+    )
+    .bind(table)
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
 /// The API-key lookup runs on connections that plan each statement once: its
 /// plan, made here on the empty, analyzed table, still reads only the keys it
 /// looks up once 20,000 are stored and nothing analyzes.
@@ -918,6 +934,78 @@ async fn a_key_lookup_planned_on_an_empty_table_reads_only_its_keys() {
     let (sequential, by_index) = read_so_far(&mut tx, "api_keys").await;
     tx.rollback().await.unwrap();
     assert_eq!((sequential, by_index), (0, 2));
+    drop(conn);
+    server.stop().await;
+}
+
+/// Completions run on the connections that plan once: the completion's plan,
+/// made here on the empty, analyzed table, still finds its jobs by primary key
+/// once 20,000 are stored and nothing analyzes. Before migration 0014 it was
+/// made on the user's jobs index, which then held the id, and would have read
+/// all 20,000 entries to complete two jobs.
+#[tokio::test]
+async fn a_completion_planned_on_an_empty_table_reads_only_its_jobs() {
+    use jobq_server::storage::leases::COMPLETE;
+    use sqlx::Connection;
+    let server = TestServer::start().await;
+    sqlx::raw_sql("ANALYZE menu_extraction_jobs")
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    let mut conn = planned_once_connection(&server).await;
+    let complete = |ids: Vec<Uuid>, leases: Vec<Uuid>| {
+        let none = vec![None::<serde_json::Value>; ids.len()];
+        sqlx::query(COMPLETE)
+            .bind(ids.clone())
+            .bind(leases)
+            .bind(none.clone())
+            .bind(none.clone())
+            .bind(vec![None::<f32>; ids.len()])
+            .bind(none.clone())
+            .bind(none)
+    };
+    let nothing = complete(vec![Uuid::new_v4()], vec![Uuid::new_v4()])
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert!(nothing.is_empty());
+    // 20,000 jobs of one user (all of them in one stretch of its index), two
+    // of them processing under known leases.
+    let user = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash)
+         SELECT $1, 'https://x/' || g, encode(sha256(g::text::bytea), 'hex')
+         FROM generate_series(1, 20000) g",
+    )
+    .bind(user)
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    let (ids, leases): (Vec<Uuid>, Vec<Uuid>) = sqlx::query_as::<_, (Uuid, Uuid)>(
+        "UPDATE menu_extraction_jobs
+         SET status = 'processing', lease_id = gen_random_uuid(),
+             lease_expires_at = now() + INTERVAL '1 minute'
+         WHERE image_url IN ('https://x/7', 'https://x/19000')
+         RETURNING id, lease_id",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .chain([(Uuid::new_v4(), Uuid::new_v4())])
+    .unzip();
+    assert_eq!(ids.len(), 3);
+    let mut tx = conn.begin().await.unwrap();
+    let completed = complete(ids, leases).fetch_all(&mut *tx).await.unwrap();
+    assert_eq!(completed.len(), 2);
+    let (sequential, by_index) = read_so_far(&mut tx, "menu_extraction_jobs").await;
+    // A plan through the user's index would fetch the same two rows, having
+    // read every entry of the index to find them: which index was read is
+    // the test.
+    let indexes = indexes_read_so_far(&mut tx, "menu_extraction_jobs").await;
+    tx.rollback().await.unwrap();
+    assert_eq!((sequential, by_index), (0, 2));
+    assert_eq!(indexes, ["menu_extraction_jobs_pkey"]);
     drop(conn);
     server.stop().await;
 }

@@ -94,8 +94,8 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, value_parser = parse_database_url)]
     pub database_url: String,
     /// Connections the server holds open to Postgres (opened at start and kept;
-    /// a quarter of them, one to four, for the claims and key checks planned
-    /// once).
+    /// three eighths of them, one to six, for the claims, key checks and
+    /// workers' lease writes planned once).
     #[arg(long, env = "JOBQ_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(i64::from(crate::storage::MIN_CONNECTIONS)..=1000))]
     pub db_max_connections: u32,
 }

@@ -148,6 +148,8 @@ impl Storage {
         // Two statements rather than one with `$n IS NULL OR ...`, so that the
         // keyset condition is always an index condition on
         // menu_extraction_jobs_user_created (a generic plan could not use it).
+        // That index orders by the id's bytes, `uuid_send(id)`, which is the
+        // id's own order (migration 0014 says why it does not hold the id).
         let mut jobs = match query.after {
             None => {
                 sqlx::query_as::<_, Job>(concat!(
@@ -155,7 +157,7 @@ impl Storage {
                     job_columns!(),
                     " FROM menu_extraction_jobs
                      WHERE user_id = $1 AND ($2::text IS NULL OR status = $2)
-                     ORDER BY created_at DESC, id DESC
+                     ORDER BY created_at DESC, uuid_send(id) DESC
                      LIMIT $3"
                 ))
                 .bind(query.user_id)
@@ -170,8 +172,8 @@ impl Storage {
                     job_columns!(),
                     " FROM menu_extraction_jobs
                      WHERE user_id = $1 AND ($2::text IS NULL OR status = $2)
-                       AND (created_at, id) < ($3, $4)
-                     ORDER BY created_at DESC, id DESC
+                       AND (created_at, uuid_send(id)) < ($3, uuid_send($4))
+                     ORDER BY created_at DESC, uuid_send(id) DESC
                      LIMIT $5"
                 ))
                 .bind(query.user_id)

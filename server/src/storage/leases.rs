@@ -86,6 +86,41 @@ pub const CLAIM: &str = concat!(
     " FROM jobq_claim($1, $2, $3, $4)"
 );
 
+/// The completion statement of [`Storage::complete_jobs`]: completes each job
+/// named in `$1` (no id twice) whose lease is the one at the same position in
+/// `$2`, with the result columns at that position in `$3` to `$7`, and
+/// returns the jobs it completed. It runs on the connections that plan once
+/// (see [`super::PLANNED_ONCE_SETTINGS`]): found by primary key, the only index
+/// that holds a job's id (migration 0014).
+///
+/// No join: each row finds its completion by its position in the arrays.
+/// Joined to the arrays, the statement's plan hung on an estimate of how
+/// many jobs are processing, read from statistics taken whenever the
+/// table was last analyzed. Estimated at one (taken while nothing was
+/// processing), the planner rescanned the arrays once per row: 256
+/// completions took 25 ms instead of 6. Found by primary key alone, a
+/// batch costs the same whatever the statistics say.
+#[doc(hidden)]
+pub const COMPLETE: &str = concat!(
+    "UPDATE menu_extraction_jobs AS j
+     SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END,
+         (result, token_usage, confidence, uncertain_items, superfluous_text) = (
+             SELECT ($3::jsonb[])[n], ($4::jsonb[])[n], ($5::real[])[n],
+                    ($6::jsonb[])[n], ($7::jsonb[])[n]
+             FROM array_position($1::uuid[], j.id) AS n
+         ),
+         completed_at = now(),
+         processing_time = LEAST(EXTRACT(EPOCH FROM now() - started_at) * 1000, 2147483647)::integer,
+         lease_expires_at = NULL,
+         ",
+    touched!(),
+    "
+     WHERE id = ANY($1) AND status = 'processing'
+       AND lease_id = ($2::uuid[])[array_position($1::uuid[], id)]
+     RETURNING ",
+    job_columns!()
+        );
+
 impl Storage {
     /// Claims for one or more callers in one statement, each up to its
     /// `max_jobs` of the oldest queued jobs: a CTE locks them with `FOR UPDATE
@@ -132,7 +167,7 @@ impl Storage {
         .bind(lease.job_id)
         .bind(lease.lease_id)
         .bind(extend_by.map(millis))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.planned_once)
         .await?;
         match renewed {
             Some((lease_expires_at, cancel_requested)) => Ok(Ok(Renewed {
@@ -226,41 +261,16 @@ impl Storage {
             uncertain_items.push(completion.uncertain_items.clone());
             superfluous_text.push(completion.superfluous_text.clone());
         }
-        // No join: each row finds its completion by its position in the arrays.
-        // Joined to the arrays, the statement's plan hung on an estimate of how
-        // many jobs are processing, read from statistics taken whenever the
-        // table was last analyzed. Estimated at one (taken while nothing was
-        // processing), the planner rescanned the arrays once per row: 256
-        // completions took 25 ms instead of 6. Found by primary key alone, a
-        // batch costs the same whatever the statistics say.
-        let jobs = sqlx::query_as::<_, Job>(concat!(
-            "UPDATE menu_extraction_jobs AS j
-             SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END,
-                 (result, token_usage, confidence, uncertain_items, superfluous_text) = (
-                     SELECT ($3::jsonb[])[n], ($4::jsonb[])[n], ($5::real[])[n],
-                            ($6::jsonb[])[n], ($7::jsonb[])[n]
-                     FROM array_position($1::uuid[], j.id) AS n
-                 ),
-                 completed_at = now(),
-                 processing_time = LEAST(EXTRACT(EPOCH FROM now() - started_at) * 1000, 2147483647)::integer,
-                 lease_expires_at = NULL,
-                 ",
-            touched!(),
-            "
-             WHERE id = ANY($1) AND status = 'processing'
-               AND lease_id = ($2::uuid[])[array_position($1::uuid[], id)]
-             RETURNING ",
-            job_columns!()
-        ))
-        .bind(ids)
-        .bind(leases)
-        .bind(results)
-        .bind(token_usage)
-        .bind(confidence)
-        .bind(uncertain_items)
-        .bind(superfluous_text)
-        .fetch_all(&self.pool)
-        .await?;
+        let jobs = sqlx::query_as::<_, Job>(COMPLETE)
+            .bind(ids)
+            .bind(leases)
+            .bind(results)
+            .bind(token_usage)
+            .bind(confidence)
+            .bind(uncertain_items)
+            .bind(superfluous_text)
+            .fetch_all(&self.planned_once)
+            .await?;
         Ok(jobs)
     }
 
@@ -287,7 +297,7 @@ impl Storage {
         .bind(failure.lease.job_id)
         .bind(failure.lease.lease_id)
         .bind(&failure.error_message)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.planned_once)
         .await?;
         match job {
             Some(job) => Ok(Ok(job)),
@@ -303,7 +313,7 @@ impl Storage {
         let row: Option<(String, Option<LeaseId>)> =
             sqlx::query_as("SELECT status, lease_id FROM menu_extraction_jobs WHERE id = $1")
                 .bind(lease.job_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.planned_once)
                 .await?;
         Ok(match row {
             None => LeaseRefusal::NotFound,
@@ -351,7 +361,7 @@ impl Storage {
         ))
         .bind(ids)
         .bind(lease_ids)
-        .execute(&self.pool)
+        .execute(&self.planned_once)
         .await?;
         Ok(given.rows_affected())
     }
