@@ -895,6 +895,19 @@ async fn indexes_read_so_far(conn: &mut sqlx::PgConnection, table: &str) -> Vec<
     .unwrap()
 }
 
+/// A server, and a connection planning as its connections for statements
+/// planned once do, after `table` was analyzed empty: the plans a test makes
+/// on it first are made from statistics that say the table has no rows.
+async fn planning_once_on_empty(table: &str) -> (TestServer, sqlx::PgConnection) {
+    let server = TestServer::start().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    let conn = planned_once_connection(&server).await;
+    (server, conn)
+}
+
 /// The API-key lookup runs on connections that plan each statement once: its
 /// plan, made here on the empty, analyzed table, still reads only the keys it
 /// looks up once 20,000 are stored and nothing analyzes.
@@ -902,12 +915,7 @@ async fn indexes_read_so_far(conn: &mut sqlx::PgConnection, table: &str) -> Vec<
 async fn a_key_lookup_planned_on_an_empty_table_reads_only_its_keys() {
     use jobq_server::storage::keys::KEY_LOOKUP;
     use sqlx::Connection;
-    let server = TestServer::start().await;
-    sqlx::raw_sql("ANALYZE api_keys")
-        .execute(&server.pool)
-        .await
-        .unwrap();
-    let mut conn = planned_once_connection(&server).await;
+    let (server, mut conn) = planning_once_on_empty("api_keys").await;
     let lookup = |ids: Vec<Uuid>| sqlx::query(KEY_LOOKUP).bind(ids);
     assert!(
         lookup(vec![Uuid::new_v4()])
@@ -947,12 +955,7 @@ async fn a_key_lookup_planned_on_an_empty_table_reads_only_its_keys() {
 async fn a_completion_planned_on_an_empty_table_reads_only_its_jobs() {
     use jobq_server::storage::leases::COMPLETE;
     use sqlx::Connection;
-    let server = TestServer::start().await;
-    sqlx::raw_sql("ANALYZE menu_extraction_jobs")
-        .execute(&server.pool)
-        .await
-        .unwrap();
-    let mut conn = planned_once_connection(&server).await;
+    let (server, mut conn) = planning_once_on_empty("menu_extraction_jobs").await;
     let complete = |ids: Vec<Uuid>, leases: Vec<Uuid>| {
         let none = vec![None::<serde_json::Value>; ids.len()];
         sqlx::query(COMPLETE)
@@ -1023,14 +1026,9 @@ async fn a_completion_planned_on_an_empty_table_reads_only_its_jobs() {
 async fn a_claim_reads_the_jobs_it_claims_whatever_the_statistics_say() {
     use jobq_server::storage::leases::CLAIM;
     use sqlx::Connection;
-    let server = TestServer::start().await;
-    sqlx::raw_sql("ANALYZE menu_extraction_jobs")
-        .execute(&server.pool)
-        .await
-        .unwrap();
     // A connection that plans as the server's claims do; its first claim, on
     // the empty table, makes the plan.
-    let mut conn = planned_once_connection(&server).await;
+    let (server, mut conn) = planning_once_on_empty("menu_extraction_jobs").await;
     let claim = |slots: usize| {
         sqlx::query(CLAIM)
             .bind(vec![0_i32; slots])
