@@ -165,6 +165,52 @@ async fn pages_of_20_20_5_newest_first_without_gaps_while_jobs_arrive() {
     server.stop().await;
 }
 
+/// Jobs created by one submission batch share their creation instant, so the
+/// id decides their order (newest first means the greater id first) and pages
+/// break between them: 45 jobs of one instant, pages of 20, every one seen
+/// once, in id order. The id's order is its bytes' (migration 0014 keys the
+/// index on them), which is also its text's.
+#[tokio::test]
+async fn jobs_of_one_instant_page_by_id() {
+    let server = TestServer::start().await;
+    let user = Uuid::new_v4();
+    let mut stored: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO menu_extraction_jobs (user_id, image_url, image_hash, created_at)
+         SELECT $1, 'https://x/' || g, encode(sha256(g::text::bytea), 'hex'),
+                '2026-11-30 12:00:00+00'
+         FROM generate_series(1, 45) g
+         RETURNING id::text",
+    )
+    .bind(user)
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    stored.sort_unstable_by(|a, b| b.cmp(a));
+
+    let mut client = server.raw();
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_jobs(pb::ListJobsRequest {
+                user_id: user.to_string(),
+                page_size: 20,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.jobs.into_iter().map(|job| job.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, stored);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn status_filter_and_page_size_bounds() {
     let server = TestServer::start().await;
