@@ -119,7 +119,7 @@ pub const COMPLETE: &str = concat!(
        AND lease_id = ($2::uuid[])[array_position($1::uuid[], id)]
      RETURNING ",
     job_columns!()
-        );
+);
 
 impl Storage {
     /// Claims for one or more callers in one statement, each up to its
