@@ -107,7 +107,7 @@ pub struct Batch {
 /// it missed nothing), but a stream is only *woken* when a batch may concern
 /// it: a stream of one user's jobs when a batch has a job of that user, a
 /// stream of all users' jobs for every batch, and every stream once every
-/// [`SWEEP`] batches (and when the feed restarts). A batch wakes a handful of
+/// `SWEEP` (256) batches (and when the feed restarts). A batch wakes a handful of
 /// streams rather than all 10,000 (issue 8's fan-out profile was those
 /// wake-ups); a woken stream then reads all the batches it slept through.
 #[derive(Debug, Clone)]
