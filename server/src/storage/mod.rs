@@ -218,8 +218,8 @@ impl Storage {
         create_database_if_missing(database_url).await?;
         let total = max_connections.max(MIN_CONNECTIONS);
         let once = planned_once_share(total);
-        // Every statement is planned for the values it runs with. A plan cached
-        // for every value (Postgres's generic plan) is made from the table's
+        // On the main pool every statement is planned for the values it runs
+        // with. A plan cached for every value (Postgres's generic plan) is made from the table's
         // statistics at the time: made while the table was small, a claim's
         // generic plan was a sequential scan, kept until the next ANALYZE while
         // the table grew. Statements are still parsed only once per
@@ -230,6 +230,10 @@ impl Storage {
         let url = PgConnectOptions::from_str(database_url)?.application_name("jobq-server");
         let pool = fixed_pool(url.clone().options(PLANNER_SETTINGS), total - once).await?;
         MIGRATOR.run(&pool).await?;
+        // The statements that have one plan whatever the statistics run on a
+        // pool of their own that plans each once (PLANNED_ONCE_SETTINGS). It
+        // connects after the migrations, so what those plans rely on (the
+        // claim function, migration 0014's indexes) exists when they are made.
         let planned_once = fixed_pool(url.options(PLANNED_ONCE_SETTINGS), once).await?;
         Ok(Self { pool, planned_once })
     }
