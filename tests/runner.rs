@@ -381,6 +381,84 @@ async fn a_cancelled_jobs_handler_sees_the_cancellation() {
     server.stop().await;
 }
 
+/// A job's handler slot is free as soon as its handler ends: while a finished
+/// job's report is held up (its row locked in the database, so the completion
+/// waits), a runner of one handler slot claims and runs the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_finished_jobs_slot_is_free_while_its_report_is_on_its_way() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let user = Uuid::new_v4();
+    let first = submit(&client, user, 1).await[0];
+    let second = client
+        .submit_job(SubmitJob::new(
+            user,
+            "https://storage.example/second.jpg",
+            sha(1),
+        ))
+        .await
+        .unwrap()
+        .job
+        .id;
+
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    let finish_first = Arc::new(Notify::new());
+    let stop = Arc::new(Notify::new());
+    let runner = tokio::spawn({
+        let worker = client.worker();
+        let (finish_first, stop) = (finish_first.clone(), stop.clone());
+        async move {
+            Worker::builder(worker)
+                .worker_id("one-slot")
+                .concurrency(1)
+                .run(
+                    move |job: JobContext| {
+                        let started = started_tx.clone();
+                        let finish_first = finish_first.clone();
+                        async move {
+                            let _ = started.send(job.job.id);
+                            if job.job.id == first {
+                                finish_first.notified().await;
+                            }
+                            Ok::<_, String>(menu(&job))
+                        }
+                    },
+                    async move { stop.notified().await },
+                )
+                .await
+        }
+    });
+    assert_eq!(started_rx.recv().await, Some(first));
+    // The first job's completion will wait for this lock.
+    let mut lock = server.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM menu_extraction_jobs WHERE id = $1 FOR UPDATE")
+        .bind(first)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    finish_first.notify_one();
+    let next = tokio::time::timeout(Duration::from_secs(20), started_rx.recv())
+        .await
+        .expect("the runner claimed the next job while the first one's report waited");
+    assert_eq!(next, Some(second));
+    let (first_status,): (String,) =
+        sqlx::query_as("SELECT status FROM menu_extraction_jobs WHERE id = $1")
+            .bind(first)
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        first_status, "processing",
+        "the first report is still waiting"
+    );
+    lock.rollback().await.unwrap();
+    stop.notify_one();
+    let report = runner.await.unwrap().unwrap();
+    assert_eq!((report.claimed, report.completed), (2, 2), "{report:?}");
+    assert_eq!(statuses(&server).await.get("completed"), Some(&2));
+    server.stop().await;
+}
+
 /// The server restarts while a submitter and a runner are busy: both carry on
 /// once it is back, and no job is created or handled twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

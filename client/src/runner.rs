@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::reporter::Reporter;
@@ -179,7 +179,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// Most handlers running at once (default 4, at least 1).
+    /// Most handlers running at once (default 4, at least 1). A job gives its
+    /// handler slot back when its handler ends, so the runner claims the next
+    /// job while the last one's report is on its way; at most as many finished
+    /// jobs wait for their report at once.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
@@ -210,7 +213,8 @@ impl WorkerBuilder {
     }
 
     /// Runs until `shutdown` resolves: claims jobs in batches (up to the free
-    /// handler slots, long-polling when the queue is empty), runs `handler` on
+    /// handler slots, long-polling when the queue is empty; a slot is free once
+    /// its handler has ended, before its job is reported), runs `handler` on
     /// each, renews each lease every third of its length, and reports each job
     /// once: COMPLETED with the handler's [`Completion`], or FAILED with its
     /// error's text (or the panic's), or FAILED with the server's reason when
@@ -251,6 +255,13 @@ impl WorkerBuilder {
         let handler = Arc::new(handler);
         let reporter = Reporter::spawn(self.client.clone());
         let slots = Arc::new(Semaphore::new(self.concurrency));
+        // A job whose handler has ended gives its slot back before it is
+        // reported, and waits for its report holding one of these instead:
+        // the runner claims again while reports are on their way (with a
+        // quick handler, a claim of only the slot the first report freed,
+        // then one of the rest, was every other claim), and at most
+        // `concurrency` finished jobs wait for their report at once.
+        let reporting = Arc::new(Semaphore::new(self.concurrency));
         let (give_up, gave_up) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut report = WorkerReport::default();
@@ -316,13 +327,16 @@ impl WorkerBuilder {
                                 .await
                                 .expect("the semaphore is never closed"),
                         };
-                        let job =
-                            self.job(claimed, handler.clone(), reporter.clone(), gave_up.clone());
-                        tasks.spawn(async move {
-                            let outcome = job.await;
-                            drop(permit);
-                            outcome
-                        });
+                        tasks.spawn(self.job(
+                            claimed,
+                            Slots {
+                                running: permit,
+                                reporting: reporting.clone(),
+                            },
+                            handler.clone(),
+                            reporter.clone(),
+                            gave_up.clone(),
+                        ));
                     }
                     if stopping {
                         break None;
@@ -364,10 +378,12 @@ impl WorkerBuilder {
         }
     }
 
-    /// Runs one claimed job to its report.
+    /// Runs one claimed job to its report, in the handler slot `slots.running`
+    /// until its handler ends, then in a reporting slot.
     fn job<H, Fut, E>(
         &self,
         claimed: ClaimedJob,
+        slots: Slots,
         handler: Arc<H>,
         reporter: Reporter,
         mut gave_up: watch::Receiver<bool>,
@@ -431,6 +447,12 @@ impl WorkerBuilder {
                     }
                 }
             };
+            let Slots { running, reporting } = slots;
+            let _reporting = reporting
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            drop(running);
             let completed = message.is_ok();
             let mut reported = report(&client, &reporter, &lease, expires_at, message).await;
             // A completion the server refuses as bad input (a confidence above
@@ -453,6 +475,13 @@ impl WorkerBuilder {
             }
         }
     }
+}
+
+/// A claimed job's hold on the runner's capacity: a handler slot while its
+/// handler runs, then a slot among the jobs waiting for their report.
+struct Slots {
+    running: OwnedSemaphorePermit,
+    reporting: Arc<Semaphore>,
 }
 
 /// Reports the job (a completion together with those of other jobs that finish
