@@ -957,13 +957,14 @@ async fn a_completion_planned_on_an_empty_table_reads_only_its_jobs() {
     use sqlx::Connection;
     let (server, mut conn) = planning_once_on_empty("menu_extraction_jobs").await;
     let complete = |ids: Vec<Uuid>, leases: Vec<Uuid>| {
-        let none = vec![None::<serde_json::Value>; ids.len()];
+        let n = ids.len();
+        let none = vec![None::<serde_json::Value>; n];
         sqlx::query(COMPLETE)
-            .bind(ids.clone())
+            .bind(ids)
             .bind(leases)
             .bind(none.clone())
             .bind(none.clone())
-            .bind(vec![None::<f32>; ids.len()])
+            .bind(vec![None::<f32>; n])
             .bind(none.clone())
             .bind(none)
     };

@@ -219,10 +219,10 @@ impl Storage {
         let total = max_connections.max(MIN_CONNECTIONS);
         let once = planned_once_share(total);
         // On the main pool every statement is planned for the values it runs
-        // with. A plan cached for every value (Postgres's generic plan) is made from the table's
-        // statistics at the time: made while the table was small, a claim's
-        // generic plan was a sequential scan, kept until the next ANALYZE while
-        // the table grew. Statements are still parsed only once per
+        // with. A plan cached for every value (Postgres's generic plan) is
+        // made from the table's statistics at the time: made while the table
+        // was small, a claim's generic plan was a sequential scan, kept until
+        // the next ANALYZE while the table grew. Statements are still parsed only once per
         // connection. A submission transaction and the claim function
         // (migration 0010) set their own planning, with statements written so
         // that no statistics can make their plans bad (see
