@@ -11,21 +11,17 @@
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth) and pgbench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
+check_postgres
 profile=release seconds=15 jobs=300000 transactions=1200
 if [ "${1:-}" = "--smoke" ]; then
     profile=dev seconds=2 jobs=4000 transactions=20
 fi
 target_dir=target/$([ "$profile" = dev ] && echo debug || echo release)
-db=jobq_statements
+begin_run jobq_statements
 url="postgres://postgres@127.0.0.1:5432/$db"
-work=$(mktemp -d)
-cleanup() {
-    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 cargo build --quiet --profile "$profile" -p jobq-server
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
+drop_database "$db"
 DATABASE_URL="$url" "$target_dir/jobq-server" migrate >/dev/null 2>&1
 
 cat > "$work/insert.sql" <<'SQL'
