@@ -41,23 +41,25 @@ target_of() { [ "$profile" = dev ] && echo debug || echo release; }
 
 # build LABEL REVISION: the binaries of REVISION, in $work/LABEL.
 build() {
-    local label=$1 revision=$2 source commit
+    local label=$1 revision=$2 checkout commit built
     mkdir -p "$work/$label"
     if [ "$revision" = . ]; then
         echo "==> building $label: the working tree ($profile)"
         cargo build --quiet --profile "$profile" -p jobq-server -p jobq-bench
-        cp "target/$(target_of)/jobq-server" "target/$(target_of)/jobq-bench" "$work/$label/"
+        built="${CARGO_TARGET_DIR:-target}/$(target_of)"
+        cp "$built/jobq-server" "$built/jobq-bench" "$work/$label/"
         return
     fi
     commit=$(git rev-parse --verify --quiet "$revision^{commit}") || die "$revision is not a revision of this repository"
     echo "==> building $label: $revision ($commit, $profile)"
-    source="$work/source-$label"
-    git worktree add --quiet --detach "$source" "$commit"
+    checkout="$work/checkout-$label"
+    git worktree add --quiet --detach "$checkout" "$commit"
     # One target directory for every revision: dependencies build once.
-    (cd "$source" && CARGO_TARGET_DIR="$root/target/ab" \
+    (cd "$checkout" && CARGO_TARGET_DIR="$root/target/ab" \
         cargo build --quiet --profile "$profile" -p jobq-server -p jobq-bench)
-    cp "$root/target/ab/$(target_of)/jobq-server" "$root/target/ab/$(target_of)/jobq-bench" "$work/$label/"
-    git worktree remove --force "$source"
+    built="$root/target/ab/$(target_of)"
+    cp "$built/jobq-server" "$built/jobq-bench" "$work/$label/"
+    git worktree remove --force "$checkout"
 }
 build A "${revisions[0]}"
 build B "${revisions[1]}"
