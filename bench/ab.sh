@@ -37,8 +37,6 @@ root=$PWD
 after_run() { git -C "$root" worktree prune; }
 begin_run jobq_ab
 
-target_of() { [ "$profile" = dev ] && echo debug || echo release; }
-
 # build LABEL REVISION: the binaries of REVISION, in $work/LABEL.
 build() {
     local label=$1 revision=$2 checkout commit built
@@ -46,7 +44,7 @@ build() {
     if [ "$revision" = . ]; then
         echo "==> building $label: the working tree ($profile)"
         cargo build --quiet --profile "$profile" -p jobq-server -p jobq-bench
-        built="${CARGO_TARGET_DIR:-target}/$(target_of)"
+        built="${CARGO_TARGET_DIR:-target}/$(profile_dir "$profile")"
         cp "$built/jobq-server" "$built/jobq-bench" "$work/$label/"
         return
     fi
@@ -57,7 +55,7 @@ build() {
     # One target directory for every revision: dependencies build once.
     (cd "$checkout" && CARGO_TARGET_DIR="$root/target/ab" \
         cargo build --quiet --profile "$profile" -p jobq-server -p jobq-bench)
-    built="$root/target/ab/$(target_of)"
+    built="$root/target/ab/$(profile_dir "$profile")"
     cp "$built/jobq-server" "$built/jobq-bench" "$work/$label/"
     git worktree remove --force "$checkout"
 }
@@ -75,7 +73,6 @@ for round in $(seq 1 "$rounds"); do
             --json-out "$work/$label-$round.json" "${smoke[@]}" >"$work/$label-$round.txt" \
             || { cat "$work/$label-$round.txt" "$work/server.log"; die "the benchmark of $label failed in round $round"; }
         stop_server
-        drop_database "$db"
     done
 done
 

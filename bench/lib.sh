@@ -1,8 +1,12 @@
-# Shared by bench/run.sh and bench/ab.sh (sourced, not run): a benchmark server
-# on a fresh database. Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust
-# auth) and python3 (to find a free port).
+# Shared by bench/run.sh, bench/statements-only.sh and bench/ab.sh (sourced,
+# not run): a benchmark server on a fresh database. Needs PostgreSQL at
+# 127.0.0.1:5432 (user postgres, trust auth) and python3 (to find a free port).
 
 die() { printf '%s: %s\n' "${0##*/}" "$*" >&2; exit 1; }
+
+# profile_dir PROFILE: the directory cargo builds PROFILE into, under a target
+# directory (debug for dev, release for release).
+profile_dir() { [ "$1" = dev ] && echo debug || echo release; }
 
 check_postgres() {
     pg_isready -q -h 127.0.0.1 -p 5432 -U postgres || die "PostgreSQL does not answer at 127.0.0.1:5432"

@@ -24,7 +24,7 @@ check_postgres
 
 profile=release
 [ ${#smoke[@]} -gt 0 ] && profile=dev
-target_dir=${CARGO_TARGET_DIR:-target}/$([ "$profile" = dev ] && echo debug || echo release)
+target_dir=${CARGO_TARGET_DIR:-target}/$(profile_dir "$profile")
 echo "==> building ($profile)"
 cargo build --quiet --profile "$profile" -p jobq-server -p jobq-bench
 

@@ -17,7 +17,7 @@ profile=release seconds=15 jobs=300000 transactions=1200
 if [ "${1:-}" = "--smoke" ]; then
     profile=dev seconds=2 jobs=4000 transactions=20
 fi
-target_dir=${CARGO_TARGET_DIR:-target}/$([ "$profile" = dev ] && echo debug || echo release)
+target_dir=${CARGO_TARGET_DIR:-target}/$(profile_dir "$profile")
 begin_run jobq_statements
 url="postgres://postgres@127.0.0.1:5432/$db"
 cargo build --quiet --profile "$profile" -p jobq-server

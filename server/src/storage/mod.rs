@@ -222,10 +222,10 @@ impl Storage {
         // with. A plan cached for every value (Postgres's generic plan) is
         // made from the table's statistics at the time: made while the table
         // was small, a claim's generic plan was a sequential scan, kept until
-        // the next ANALYZE while the table grew. Statements are still parsed only once per
-        // connection. A submission transaction and the claim function
-        // (migration 0010) set their own planning, with statements written so
-        // that no statistics can make their plans bad (see
+        // the next ANALYZE while the table grew. Statements are still parsed
+        // only once per connection. A submission transaction and the claim
+        // function (migration 0010) set their own planning, with statements
+        // written so that no statistics can make their plans bad (see
         // usage::SUBMISSION_PLANNING and leases::CLAIM).
         let url = PgConnectOptions::from_str(database_url)?.application_name("jobq-server");
         let pool = fixed_pool(url.clone().options(PLANNER_SETTINGS), total - once).await?;
